@@ -1,0 +1,125 @@
+"""Shared fixtures: a real moto S3 server on loopback, configs for both backends."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+MOTO_KEY_ID = "AKIATESTKEYID000001"
+#: a distinctive secret so tests can assert it never leaks
+MOTO_SECRET = "s3cr3t-Do-Not-Leak-7f3a9b"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class MotoServer:
+    endpoint: str
+    host: str
+    port: int
+
+    def client(self):  # type: ignore[no-untyped-def]
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=MOTO_KEY_ID,
+            aws_secret_access_key=MOTO_SECRET,
+        )
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """moto's S3 server, in a thread, on 127.0.0.1 and a free port."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield MotoServer(endpoint=f"http://127.0.0.1:{port}", host="127.0.0.1", port=port)
+    finally:
+        server.stop()
+
+
+_bucket_counter = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def s3_buckets(moto_server: MotoServer) -> tuple[str, str]:
+    """A fresh (raw, assets) bucket pair on the moto server for one test."""
+    n = next(_bucket_counter)
+    raw, assets = f"raw-{n}", f"assets-{n}"
+    client = moto_server.client()
+    client.create_bucket(Bucket=raw)
+    client.create_bucket(Bucket=assets)
+    return raw, assets
+
+
+@pytest.fixture
+def s3_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials for every role in the environment, as a rig's EnvironmentFile would."""
+    for role in ("ASSETS_RO", "ASSETS_RW", "RAW_RW"):
+        monkeypatch.setenv(f"URSA_{role}_KEY_ID", MOTO_KEY_ID)
+        monkeypatch.setenv(f"URSA_{role}_SECRET", MOTO_SECRET)
+
+
+def s3_config_dict(endpoint: str, raw: str, assets: str, root: Path) -> dict:
+    """A config mapping with an ``s3`` profile pointing at ``endpoint``."""
+    creds = {
+        role: {
+            "access_key_id_env": f"URSA_{role.upper()}_KEY_ID",
+            "secret_access_key_env": f"URSA_{role.upper()}_SECRET",
+        }
+        for role in ("assets_ro", "assets_rw", "raw_rw")
+    }
+    return {
+        "profile": "s3",
+        "recordings_root": str(root / "recordings"),
+        "state_dir": str(root / "state"),
+        "profiles": {
+            "s3": {
+                "kind": "s3",
+                "endpoint": endpoint,
+                "region": "us-east-1",
+                "raw_bucket": raw,
+                "assets_bucket": assets,
+                "allow_http": True,
+                "credentials": creds,
+            }
+        },
+    }
+
+
+def local_config_dict(root: Path) -> dict:
+    return {
+        "profile": "local",
+        "recordings_root": str(root / "recordings"),
+        "state_dir": str(root / "state"),
+        "profiles": {"local": {"kind": "local", "root": str(root / "store")}},
+    }
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend_config(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A validated Config for each backend: the local profile and moto's server over HTTP."""
+    from ursa_daemon.config import config_from_dict
+
+    if request.param == "local":
+        raw = local_config_dict(tmp_path)
+    else:
+        server = request.getfixturevalue("moto_server")
+        request.getfixturevalue("s3_env")
+        raw_b, assets_b = request.getfixturevalue("s3_buckets")
+        raw = s3_config_dict(server.endpoint, raw_b, assets_b, tmp_path)
+    return config_from_dict(raw, base_dir=tmp_path)

@@ -1,0 +1,135 @@
+"""The whole exception tree of ursa-daemon.
+
+Callers catch the most specific class they can act on::
+
+    UrsaError
+    ├── ConfigError                 bad or unreadable config (names key path and file)
+    │   └── CredentialError         a credential could not be resolved (never shows a value)
+    ├── StoreError                  object store failure, translated from obstore at the boundary
+    │   ├── TransientStoreError     timeouts, resets, 5xx: safe to retry
+    │   ├── ObjectNotFound          also a FileNotFoundError
+    │   ├── ObjectExists            also a FileExistsError (conditional put lost)
+    │   └── StorePermissionError    also a PermissionError (401/403)
+    ├── CatalogError                LanceDB catalog failure
+    │   ├── CatalogRowExists        a differing row holds the primary key; carries a diff
+    │   └── WritesNotEnabled        register_* before enable_writes()
+    ├── StateError                  the SQLite resume state
+    │   └── StateLocked             another process holds the state lock (exit code 3)
+    └── InputError                  bad session input: names the session, the file and the fix
+
+Only ``ursa_daemon.store`` catches obstore's exceptions. This module imports
+nothing from the package.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "CatalogError",
+    "CatalogRowExists",
+    "ConfigError",
+    "CredentialError",
+    "InputError",
+    "ObjectExists",
+    "ObjectNotFound",
+    "StateError",
+    "StateLocked",
+    "StoreError",
+    "StorePermissionError",
+    "TransientStoreError",
+    "UrsaError",
+    "WritesNotEnabled",
+]
+
+
+class UrsaError(Exception):
+    """Root of every error ursa-daemon raises on purpose."""
+
+
+class ConfigError(UrsaError):
+    """The configuration is invalid; the message names the key path and the file."""
+
+    def __init__(self, message: str, *, key: str | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.path = path
+
+
+class CredentialError(ConfigError):
+    """A credential could not be resolved. The message names the source, never the value."""
+
+
+class StoreError(UrsaError):
+    """An object store operation failed."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class TransientStoreError(StoreError):
+    """A failure worth retrying: timeout, connection reset, throttling, 5xx."""
+
+
+class ObjectNotFound(StoreError, FileNotFoundError):
+    """No object at that key."""
+
+
+class ObjectExists(StoreError, FileExistsError):
+    """A create-only put found an object already there."""
+
+
+class StorePermissionError(StoreError, PermissionError):
+    """The credential in use may not do this (401/403)."""
+
+
+class CatalogError(UrsaError):
+    """The catalog could not be read or written."""
+
+
+class CatalogRowExists(CatalogError):
+    """A row with the same primary key and different fields is already registered.
+
+    ``diff`` maps each differing field to ``(existing, candidate)``.
+    """
+
+    def __init__(
+        self,
+        table: str,
+        primary_key: tuple[tuple[str, Any], ...],
+        diff: dict[str, tuple[Any, Any]],
+    ) -> None:
+        self.table = table
+        self.primary_key = primary_key
+        self.diff = diff
+        pk = ", ".join(f"{k}={v!r}" for k, v in primary_key)
+        fields = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
+        super().__init__(
+            f"{table}: a different row already exists for ({pk}); differing fields: {fields}. "
+            "Pass on_conflict='overwrite' (or another policy) to replace it."
+        )
+
+
+class WritesNotEnabled(CatalogError):
+    """``register_*`` was called before ``enable_writes()``."""
+
+
+class StateError(UrsaError):
+    """The resume state database failed."""
+
+
+class StateLocked(StateError):
+    """Another ursa-daemon process holds the lock on this state_dir."""
+
+
+class InputError(UrsaError):
+    """A session on disk or in the store is malformed.
+
+    The message names the session, the file and the fix.
+    """
+
+    def __init__(self, message: str, *, rec_id: str | None = None, file: str | None = None) -> None:
+        super().__init__(message)
+        self.rec_id = rec_id
+        self.file = file

@@ -1,0 +1,114 @@
+"""The one storage interface both backends implement.
+
+A ``Store`` is one bucket seen through one credential role. Keys are
+``/``-separated, relative, never starting with ``/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import IO, Literal, Protocol, runtime_checkable
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_PART_SIZE",
+    "Body",
+    "BucketKind",
+    "ObjectMeta",
+    "ObjectReader",
+    "Role",
+    "Store",
+]
+
+#: Bytes read from disk / the network per chunk of a stream.
+DEFAULT_CHUNK_SIZE = 1 << 20
+#: Part size of a multipart upload (bodies smaller than this go in one PUT).
+DEFAULT_PART_SIZE = 16 << 20
+#: Parts in flight per multipart upload. R2 has answered 500s at 5; 2-3 is safe.
+DEFAULT_MAX_CONCURRENCY = 2
+
+Role = Literal["assets_ro", "assets_rw", "raw_ro", "raw_rw"]
+BucketKind = Literal["raw", "assets"]
+
+#: What ``put`` accepts: the whole body, a binary file object, or an iterable of chunks.
+Body = bytes | bytearray | memoryview | IO[bytes] | Iterable[bytes]
+
+
+@dataclass(frozen=True)
+class ObjectMeta:
+    """What ``head`` and ``list`` return for one object."""
+
+    key: str
+    size: int
+    etag: str | None = None
+    last_modified: datetime | None = None
+    #: the ``sha256`` user metadata, where the store can return it (``head`` on S3 only)
+    sha256: str | None = None
+
+
+@runtime_checkable
+class ObjectReader(Protocol):
+    """A forward-only stream over one object; never holds the whole object."""
+
+    def read(self, size: int = -1) -> bytes: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ObjectReader: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+@runtime_checkable
+class Store(Protocol):
+    """One bucket behind one credential role."""
+
+    #: which bucket this store is: ``raw`` or ``assets``
+    bucket_kind: BucketKind
+    #: the bucket name (S3) or directory (local) — for messages and URIs
+    bucket: str
+
+    def uri(self, key: str) -> str:
+        """The storage URI of ``key`` (``s3://bucket/key`` or ``file:///dir/key``)."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectMeta]:
+        """Every object whose key starts with ``prefix``, in no promised order."""
+        ...
+
+    def head(self, key: str) -> ObjectMeta:
+        """Size, etag and (S3) the ``sha256`` user metadata. Raises ``ObjectNotFound``."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """The whole object in memory. Raises ``ObjectNotFound``."""
+        ...
+
+    def open(self, key: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> ObjectReader:
+        """A forward-only stream over the object. Raises ``ObjectNotFound``."""
+        ...
+
+    def put(
+        self,
+        key: str,
+        body: Body,
+        *,
+        sha256: str | None = None,
+        content_type: str | None = None,
+        create_only: bool = False,
+        part_size: int = DEFAULT_PART_SIZE,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    ) -> None:
+        """Write ``body`` at ``key``; multipart when it is larger than ``part_size``.
+
+        ``sha256`` is stored as user metadata where the store supports it.
+        ``create_only`` raises ``ObjectExists`` when the key is taken.
+        """
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; a missing object is not an error."""
+        ...
