@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from ursa_daemon.errors import ConfigError, CredentialError
+from ursa_daemon.log import register_secret
 
 __all__ = [
     "DEFAULT_CONFIG_PATHS",
@@ -104,6 +105,9 @@ class Credentials:
         self.access_key_id = access_key_id
         self._secret = SecretStr(secret)
         self.session_token = SecretStr(session_token) if session_token else None
+        register_secret(secret)
+        if session_token:
+            register_secret(session_token)
 
     @property
     def secret_access_key(self) -> str:

@@ -9,7 +9,8 @@ Callers catch the most specific class they can act on::
     │   ├── TransientStoreError     timeouts, resets, 5xx: safe to retry
     │   ├── ObjectNotFound          also a FileNotFoundError
     │   ├── ObjectExists            also a FileExistsError (conditional put lost)
-    │   └── StorePermissionError    also a PermissionError (401/403)
+    │   ├── StorePermissionError    also a PermissionError (401/403)
+    │   └── ObjectMismatch          an object's size or sha256 is not what was uploaded
     ├── CatalogError                LanceDB catalog failure
     │   ├── CatalogRowExists        a differing row holds the primary key; carries a diff
     │   └── WritesNotEnabled        register_* before enable_writes()
@@ -32,6 +33,7 @@ __all__ = [
     "CredentialError",
     "InputError",
     "ObjectExists",
+    "ObjectMismatch",
     "ObjectNotFound",
     "StateError",
     "StateLocked",
@@ -82,6 +84,10 @@ class ObjectExists(StoreError, FileExistsError):
 
 class StorePermissionError(StoreError, PermissionError):
     """The credential in use may not do this (401/403)."""
+
+
+class ObjectMismatch(StoreError):
+    """An object in the store does not have the size or sha256 it should."""
 
 
 class CatalogError(UrsaError):

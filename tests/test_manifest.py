@@ -1,0 +1,195 @@
+"""Manifests on disk: validation, hashing, augmenting. Each bad input names session, file, fix."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ursa_daemon.errors import InputError
+from ursa_daemon.manifest import (
+    FileEntry,
+    augment,
+    hash_file,
+    hash_files,
+    load_session,
+    participant_id,
+    recording_hash,
+    walk_session,
+)
+
+REC = "rec_20260520_195628_b1dd"
+
+
+def make_session(root: Path, files: dict[str, bytes] | None = None, manifest: object = None, **extra: object) -> Path:
+    rec = root / REC
+    files = files if files is not None else {"eeg_4559/seg_000001.bin": b"\x01" * 1000, "camera_0/a.mp4": b"v" * 10}
+    for rel, body in files.items():
+        p = rec / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(body)
+    rec.mkdir(parents=True, exist_ok=True)
+    if manifest is None:
+        manifest = {"recording_id": REC, "start_time": "2026-05-20T19:56:28.120+00:00", "duration_s": 60.5, **extra}
+    text = manifest if isinstance(manifest, str | bytes) else json.dumps(manifest)
+    (rec / "manifest.json").write_bytes(text.encode() if isinstance(text, str) else text)
+    return rec
+
+
+def test_load_session_reads_fields(tmp_path: Path) -> None:
+    rec = make_session(tmp_path)
+    (rec / "participant.txt").write_text("  Aria Lin \n")
+    (rec / "eeg_4559" / ".hidden").write_bytes(b"x")
+    (rec / "eeg_4559" / "seg_2.bin.part").write_bytes(b"x")
+    (rec / "eeg_4559" / "seg_3.bin~").write_bytes(b"x")
+    (rec / "stray.txt").write_bytes(b"not data")
+    s = load_session(rec)
+    assert [f.rel_path for f in s.files] == ["camera_0/a.mp4", "eeg_4559/seg_000001.bin"]
+    assert s.participant == "Aria Lin"
+    assert s.duration_ns == 60_500_000_000
+    assert s.start_time_ns == 1779306988120000000
+
+
+def test_epoch_ns_start_and_end_time(tmp_path: Path) -> None:
+    rec = make_session(tmp_path, manifest={"recording_id": REC, "start_time": 1_000, "end_time": 5_000})
+    s = load_session(rec)
+    assert (s.start_time_ns, s.duration_ns) == (1_000, 4_000)
+
+
+def test_recording_hash_definition() -> None:
+    digests = [hashlib.sha256(b).hexdigest() for b in (b"b", b"a")]
+    expected = hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
+    assert recording_hash(digests) == expected
+
+
+def test_hash_files_parallel_and_augment_idempotent(tmp_path: Path) -> None:
+    rec = make_session(tmp_path, {f"eeg_a/s{i}.bin": os.urandom(3000 + i) for i in range(6)})
+    s = load_session(rec)
+    hashed = hash_files(rec, s.files, max_workers=3)
+    for e in hashed:
+        assert e.sha256 == hashlib.sha256((rec / e.rel_path).read_bytes()).hexdigest()
+    doc = augment(s.manifest, hashed)
+    assert [f["rel_path"] for f in doc["files"]] == sorted(f.rel_path for f in hashed)
+    assert doc["recording_hash"] == recording_hash(e.sha256 for e in hashed if e.sha256)
+    assert doc["manifest_version"] == 1 and doc["duration_s"] == 60.5
+    assert augment(doc, hashed) == doc  # idempotent, augmented_at kept
+    (rec / "eeg_a" / "s0.bin").write_bytes(b"changed")
+    rehashed = hash_files(rec, walk_session(rec))
+    assert augment(doc, rehashed)["recording_hash"] != doc["recording_hash"]
+
+
+def test_hash_file_streams(tmp_path: Path) -> None:
+    p = tmp_path / "big"
+    p.write_bytes(os.urandom(3 << 20))
+    assert hash_file(p, chunk_size=4096) == (hashlib.sha256(p.read_bytes()).hexdigest(), 3 << 20)
+
+
+def test_participant_id() -> None:
+    assert participant_id("  Aria  Lin!! ") == "aria_lin"
+    assert participant_id("Zoë O'Neil") == "zo_o_neil"
+
+
+def expect_error(rec: Path, *words: str) -> InputError:
+    with pytest.raises(InputError) as info:
+        load_session(rec)
+    msg = str(info.value)
+    assert REC in msg or rec.name in msg, msg
+    for w in words:
+        assert w in msg, msg
+    return info.value
+
+
+def test_malformed_json(tmp_path: Path) -> None:
+    expect_error(make_session(tmp_path, manifest='{"recording_id": '), "manifest.json", "not valid JSON", "reconstruct")
+
+
+@pytest.mark.parametrize("missing", ["recording_id", "start_time"])
+def test_missing_required_key(tmp_path: Path, missing: str) -> None:
+    doc = {"recording_id": REC, "start_time": 5}
+    doc.pop(missing)
+    expect_error(make_session(tmp_path, manifest=doc), "manifest.json", missing)
+
+
+def test_recording_id_differs_from_directory(tmp_path: Path) -> None:
+    rec = make_session(tmp_path, manifest={"recording_id": "rec_20260520_195628_ffff", "start_time": 5})
+    expect_error(rec, "rec_20260520_195628_ffff", "rename")
+
+
+def test_bad_start_time(tmp_path: Path) -> None:
+    expect_error(make_session(tmp_path, manifest={"recording_id": REC, "start_time": "2026-05-20T19:56:28"}),
+                 "start_time", "offset")
+
+
+@pytest.mark.parametrize("rel", ["/etc/passwd", "../x/y", "eeg_4559/../../z", "eeg_4559//a", "./eeg/a", "top.bin"])
+def test_unsafe_rel_path(tmp_path: Path, rel: str) -> None:
+    doc = {"recording_id": REC, "start_time": 5, "files": [{"rel_path": rel, "size": 1}]}
+    err = expect_error(make_session(tmp_path, manifest=doc), "rel_path")
+    assert err.file == rel
+
+
+def test_listed_file_missing_or_size_differs(tmp_path: Path) -> None:
+    doc = {
+        "recording_id": REC,
+        "start_time": 5,
+        "files": [
+            {"rel_path": "eeg_4559/seg_000001.bin", "size": 999},
+            {"rel_path": "eeg_4559/absent.bin", "size": 1},
+        ],
+    }
+    expect_error(make_session(tmp_path, manifest=doc), "eeg_4559/absent.bin", "size differs", "eeg_4559/seg_000001.bin")
+
+
+def test_listed_files_are_the_truth(tmp_path: Path) -> None:
+    doc = {"recording_id": REC, "start_time": 5, "files": [{"rel_path": "camera_0/a.mp4", "size": 10}]}
+    s = load_session(make_session(tmp_path, manifest=doc))
+    assert [f.rel_path for f in s.files] == ["camera_0/a.mp4"]
+
+
+@pytest.mark.parametrize("where", ["eeg_4559/link.bin", "linkdir"])
+def test_symlink_anywhere(tmp_path: Path, where: str) -> None:
+    rec = make_session(tmp_path)
+    os.symlink("/etc/hostname", rec / where)
+    err = expect_error(rec, "symbolic link", where)
+    assert err.file == where
+
+
+def test_no_data_files(tmp_path: Path) -> None:
+    expect_error(make_session(tmp_path, files={}), "no data files")
+
+
+@pytest.mark.parametrize("bad", ["Camera_0", "9eeg", "eeg_BAD", "eeg a"])
+def test_bad_worker_directory(tmp_path: Path, bad: str) -> None:
+    err = expect_error(make_session(tmp_path, files={f"{bad}/x.bin": b"1"}), bad, "worker name")
+    assert err.file == bad
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [(b"   \n", "holds no name"), (b"x" * 5000, "larger than"), (b"\xff\xfe\x00bad", "not UTF-8")],
+)
+def test_bad_participant_file(tmp_path: Path, body: bytes, words: str) -> None:
+    rec = make_session(tmp_path)
+    (rec / "participant.txt").write_bytes(body)
+    err = expect_error(rec, "participant.txt", words)
+    assert err.file == "participant.txt"
+
+
+def test_node_manifests_merge(tmp_path: Path) -> None:
+    rec = make_session(tmp_path)
+    (rec / "manifest.json").unlink()
+    nodes = rec / "_node_manifests"
+    nodes.mkdir()
+    for host, worker in (("a", "eeg_4559"), ("b", "camera_0")):
+        (nodes / f"{host}.json").write_text(
+            json.dumps({"recording_id": REC, "start_time": 5, "nodes": ["a", "b"], "workers": {worker: {}}})
+        )
+    s = load_session(rec)
+    assert s.manifest["nodes"] == ["a", "b"]
+    assert set(s.manifest["workers"]) == {"eeg_4559", "camera_0"}
+
+
+def test_file_entry_worker() -> None:
+    assert FileEntry("eeg_4559/deep/x.bin", 1).worker == "eeg_4559"

@@ -1,0 +1,312 @@
+"""Ingest one session: hash, upload every byte, confirm, then register (Path A).
+
+The order is the guarantee: data files, then ``participant.txt``, then the
+augmented ``manifest.json`` (the marker that every byte before it is in),
+and only then the catalog rows, one commit per table. A query never returns
+a row whose download would 404.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ursa_daemon.catalog import IngestionStatus, ModalityRow, ParticipantRow, RecordingRow
+from ursa_daemon.errors import ObjectNotFound
+from ursa_daemon.log import get_logger
+from ursa_daemon.manifest import (
+    MANIFEST_NAME,
+    PARTICIPANT_NAME,
+    FileEntry,
+    Session,
+    augment,
+    hash_files,
+    load_session,
+    manifest_bytes,
+    participant_id,
+    rel_key,
+    split_worker,
+)
+from ursa_daemon.store import Store, storage_uri
+from ursa_daemon.uploader import FileUpload, RateLimiter, UploadLimits, upload_files
+
+if TYPE_CHECKING:
+    from ursa_daemon.api import DataInterface
+
+__all__ = ["IngestResult", "UploadProgress", "ingest", "session_rows"]
+
+log = get_logger("ursa.ingest")
+
+
+@dataclass(frozen=True)
+class UploadProgress:
+    """After each file: cumulative counts for one session.
+
+    ``bytes_uploaded`` counts PUT bytes only; ``bytes_processed`` counts every
+    file decided (uploaded or skipped), so a resumed session's bar climbs
+    through the skips.
+    """
+
+    files_done: int
+    files_total: int
+    bytes_uploaded: int
+    bytes_processed: int
+    bytes_total: int
+    current_file: str
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """``paused=True`` means nothing was registered and the session should be retried."""
+
+    paused: bool
+    recording: RecordingRow | None
+    files_uploaded: int
+    files_skipped: int
+    bytes_uploaded: int
+
+
+def ingest(
+    data: DataInterface,
+    rec_dir: str | Path,
+    *,
+    participant: str | None = None,
+    is_active: Callable[[], bool] | None = None,
+    progress: Callable[[UploadProgress], None] | None = None,
+    overwrite: bool = False,
+    max_concurrent_files: int | None = None,
+    limiter: RateLimiter | None = None,
+    known_hashes: dict[str, str] | None = None,
+) -> IngestResult:
+    """Upload a session's files to the raw bucket and register its catalog rows.
+
+    ``participant`` overrides ``participant.txt``. ``is_active`` is polled
+    before every chunk (from worker threads: it must be thread-safe); when it
+    turns true every stream stops and the result says ``paused``. A file whose
+    object already exists with the same size and sha256 is skipped unless
+    ``overwrite``; ``overwrite`` also replaces differing catalog rows.
+    """
+    should_stop = is_active or (lambda: False)
+    session = load_session(Path(rec_dir))
+    rec_id = session.rec_id
+    log.info("session.hashing", rec_id=rec_id, bytes_total=session.bytes_total)
+    files = hash_files(session.rec_dir, session.files, known=known_hashes)
+    doc = augment(session.manifest, files)
+    rh = doc["recording_hash"]
+    raw = data.store("raw_rw")
+    cfg = data.config.upload
+    limits = UploadLimits(
+        max_concurrent_files=max_concurrent_files or cfg.max_concurrent_files,
+        max_concurrency_per_file=cfg.max_concurrency_per_file,
+        part_size=cfg.part_size_bytes,
+        bandwidth_bytes_per_s=cfg.bandwidth_bytes_per_s,
+    )
+    tracker = _Progress(files, progress, rec_id)
+    todo = files if overwrite else _files_to_upload(raw, rec_id, files, tracker)
+    started = time.monotonic()
+    done = upload_files(
+        raw,
+        session.rec_dir,
+        rec_id,
+        todo,
+        should_stop=should_stop,
+        limits=limits,
+        limiter=limiter or RateLimiter(limits.bandwidth_bytes_per_s),
+        on_done=tracker.file_done,
+    )
+    if not done or should_stop():
+        log.info("session.paused", rec_id=rec_id, recording_hash=rh, bytes_done=tracker.bytes_uploaded)
+        return tracker.result(paused=True, recording=None)
+    name = participant if participant is not None else session.participant
+    if name is not None:
+        raw.put(rel_key(rec_id, PARTICIPANT_NAME), (name + "\n").encode("utf-8"), content_type="text/plain")
+    raw.put(rel_key(rec_id, MANIFEST_NAME), manifest_bytes(doc), content_type="application/json")
+    log.info(
+        "upload.session_done",
+        rec_id=rec_id,
+        recording_hash=rh,
+        bytes_done=tracker.bytes_uploaded,
+        elapsed_s=round(time.monotonic() - started, 3),
+    )
+    recording = register_session(data, session, files, doc, participant=name, overwrite=overwrite)
+    return tracker.result(paused=False, recording=recording)
+
+
+def _files_to_upload(store: Store, rec_id: str, files: list[FileEntry], tracker: _Progress) -> list[FileEntry]:
+    """Files whose object is not already there with the same size and sha256.
+
+    S3 returns the ``sha256`` user metadata with ``head``; the local store has
+    no metadata, so there the previously uploaded manifest vouches for it.
+    """
+    stored = _stored_hashes(store, rec_id)
+    todo = []
+    for entry in files:
+        try:
+            meta = store.head(rel_key(rec_id, entry.rel_path))
+        except ObjectNotFound:
+            todo.append(entry)
+            continue
+        sha = meta.sha256 or stored.get(entry.rel_path)
+        if meta.size == entry.size and sha == entry.sha256:
+            tracker.file_done(FileUpload(entry, uploaded=False))
+        else:
+            todo.append(entry)
+    return todo
+
+
+def _stored_hashes(store: Store, rec_id: str) -> dict[str, str]:
+    try:
+        doc = json.loads(store.get(rel_key(rec_id, MANIFEST_NAME)))
+        return {f["rel_path"]: f["sha256"] for f in doc.get("files", []) if isinstance(f, dict)}
+    except (ObjectNotFound, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+class _Progress:
+    """Cumulative counters and the (fault-tolerant) progress callback."""
+
+    def __init__(self, files: list[FileEntry], callback: Callable[[UploadProgress], None] | None, rec_id: str):
+        self.files_total = len(files)
+        self.bytes_total = sum(f.size for f in files)
+        self.callback = callback
+        self.rec_id = rec_id
+        self.files_done = self.files_uploaded = self.bytes_uploaded = self.bytes_processed = 0
+        self._lock = threading.Lock()
+
+    def file_done(self, up: FileUpload) -> None:
+        with self._lock:
+            self.files_done += 1
+            self.bytes_processed += up.entry.size
+            if up.uploaded:
+                self.files_uploaded += 1
+                self.bytes_uploaded += up.entry.size
+            event = UploadProgress(
+                self.files_done,
+                self.files_total,
+                self.bytes_uploaded,
+                self.bytes_processed,
+                self.bytes_total,
+                up.entry.rel_path,
+            )
+        log.debug(
+            "upload.file_done" if up.uploaded else "upload.file_skipped",
+            rec_id=self.rec_id,
+            key=up.entry.rel_path,
+            bytes_done=self.bytes_processed,
+            bytes_total=self.bytes_total,
+        )
+        if self.callback is not None:
+            try:
+                self.callback(event)
+            except Exception as exc:  # a broken callback must not break the upload
+                log.warning("upload.progress_callback_failed", rec_id=self.rec_id, error=repr(exc))
+
+    def result(self, *, paused: bool, recording: RecordingRow | None) -> IngestResult:
+        return IngestResult(
+            paused=paused,
+            recording=recording,
+            files_uploaded=self.files_uploaded,
+            files_skipped=self.files_done - self.files_uploaded,
+            bytes_uploaded=self.bytes_uploaded,
+        )
+
+
+def session_rows(
+    data: DataInterface,
+    session: Session,
+    files: list[FileEntry],
+    doc: dict[str, Any],
+    *,
+    participant: str | None,
+) -> tuple[list[ParticipantRow], RecordingRow, list[ModalityRow]]:
+    """The catalog rows of a session: participant, recording, one modality per worker."""
+    rh = doc["recording_hash"]
+    rec_id = session.rec_id
+    participants = []
+    if participant is not None:
+        pid = participant_id(participant)
+        participants.append(
+            ParticipantRow(
+                participant_id=pid,
+                enrolled_at=session.start_time_ns,
+                display_name=participant,
+                metadata={},
+            )
+        )
+    device_info = doc.get("device_info") if isinstance(doc.get("device_info"), dict) else {}
+    metadata: dict[str, Any] = {"manifest_version": doc.get("manifest_version", 1)}
+    if isinstance(doc.get("nodes"), list):
+        metadata["nodes"] = [str(n) for n in doc["nodes"]]
+    recording = RecordingRow(
+        recording_hash=rh,
+        rec_id=rec_id,
+        participant_ids=[p.participant_id for p in participants],
+        start_time=session.start_time_ns,
+        duration_ns=session.duration_ns,
+        device_info=device_info,
+        metadata=metadata,
+        registered_at=time.time_ns(),
+    )
+    workers_meta = doc.get("workers") if isinstance(doc.get("workers"), dict) else {}
+    by_worker: dict[str, list[FileEntry]] = {}
+    for f in files:
+        by_worker.setdefault(f.worker, []).append(f)
+    modalities = []
+    for worker, wfiles in sorted(by_worker.items()):
+        family, worker_id = split_worker(worker)
+        uri = storage_uri(data.profile, "raw", rel_key(rec_id, worker) + "/")
+        wmeta = workers_meta.get(worker) if isinstance(workers_meta.get(worker), dict) else {}
+        rate = wmeta.get("sampling_rate")
+        modalities.append(
+            ModalityRow(
+                recording_hash=rh,
+                modality=family,
+                worker_id=worker_id,
+                ingestion_status=IngestionStatus.RAW,
+                raw_storage_uri=uri,
+                storage_uri=uri,
+                format=None,
+                sampling_rate=float(rate) if isinstance(rate, int | float) and not isinstance(rate, bool) else None,
+                domain_intervals=None,
+                channel_spec=None,
+                file_count=len(wfiles),
+                byte_count=sum(f.size for f in wfiles),
+                metadata={},
+            )
+        )
+    return participants, recording, modalities
+
+
+def register_session(
+    data: DataInterface,
+    session: Session,
+    files: list[FileEntry],
+    doc: dict[str, Any],
+    *,
+    participant: str | None,
+    overwrite: bool = False,
+) -> RecordingRow:
+    """Write a session's rows: one commit per table, the recording row last.
+
+    A participant already in the catalog is kept as it is (a later session
+    of the same person must not conflict on ``enrolled_at``).
+    """
+    catalog = data._write_catalog()
+    participants, recording, modalities = session_rows(data, session, files, doc, participant=participant)
+    new_participants = [p for p in participants if catalog.get_participant(p.participant_id) is None]
+    policy = "overwrite" if overwrite else "error"
+    row = catalog.register_session(
+        participants=new_participants,
+        recording=recording,
+        modalities=modalities,
+        on_conflict_recording=policy,
+        on_conflict_modality=policy,
+    )
+    log.info("session.registered", rec_id=session.rec_id, recording_hash=recording.recording_hash)
+    return row
+

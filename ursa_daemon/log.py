@@ -1,0 +1,120 @@
+"""Logging: structlog JSON lines on stdout, configured once by the CLI.
+
+Stable keys (SPEC section 6, append-only): ``timestamp`` (ISO-8601 UTC),
+``level``, ``logger``, ``event`` and the context keys components bind
+(``rec_id``, ``recording_hash``, ``key``, ...). Stdlib loggers (such as
+``ursa.download``) go through the same renderer, their ``extra`` keys kept.
+Every registered secret is replaced by ``***`` in every value before
+rendering: defence in depth behind never logging credentials at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = ["get_logger", "register_secret", "setup_logging"]
+
+_SECRETS: set[str] = set()
+_SECRETS_LOCK = threading.Lock()
+
+#: LogRecord attributes that are not ``extra`` keys.
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+def register_secret(value: str) -> None:
+    """Remember a secret so that no log line can carry it."""
+    if len(value) >= 4:
+        with _SECRETS_LOCK:
+            _SECRETS.add(value)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        for secret in _SECRETS:
+            if secret in value:
+                value = value.replace(secret, "***")
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    if not _SECRETS:
+        return event_dict
+    return {k: _scrub(v) for k, v in event_dict.items()}
+
+
+def _stdlib_extra(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Carry a stdlib record's ``extra`` keys into the event."""
+    record = event_dict.get("_record")
+    if record is not None:
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRS and not key.startswith("_") and key not in event_dict:
+                event_dict[key] = value
+    return event_dict
+
+
+def setup_logging(*, json: bool | None = None, level: str | None = None, stream: TextIO | None = None) -> None:
+    """Configure structlog and the stdlib root logger once.
+
+    ``json=None`` picks JSON unless ``stream`` is a terminal. ``level`` defaults
+    to ``$URSA_LOG_LEVEL`` or INFO.
+    """
+    stream = stream or sys.stdout
+    if json is None:
+        json = not stream.isatty()
+    level_name = (level or os.environ.get("URSA_LOG_LEVEL") or "INFO").upper()
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer(sort_keys=False)
+        if json
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, _stdlib_extra],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            _redact,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level_name)
+    for noisy in ("botocore", "urllib3", "werkzeug", "apscheduler", "watchdog"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger named ``name`` (``ursa.daemon``, ``ursa.upload``, ...)."""
+    return structlog.stdlib.get_logger(name)

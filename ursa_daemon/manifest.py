@@ -1,0 +1,557 @@
+"""Sessions on disk: walk, validate, hash and augment manifests (SPEC section 2). Pure.
+
+Every problem with a session is an :class:`InputError` that names the
+session, the file and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ursa_daemon.errors import InputError
+
+__all__ = [
+    "HASH_CHUNK_SIZE",
+    "MANIFEST_NAME",
+    "MANIFEST_VERSION",
+    "NODE_MANIFEST_DIR",
+    "PARTICIPANT_NAME",
+    "REC_ID_RE",
+    "FileEntry",
+    "Session",
+    "augment",
+    "check_rel_path",
+    "hash_file",
+    "hash_files",
+    "is_data_name",
+    "load_session",
+    "parse_time_ns",
+    "participant_id",
+    "read_manifest",
+    "read_participant",
+    "recording_hash",
+    "split_worker",
+    "walk_session",
+]
+
+MANIFEST_NAME = "manifest.json"
+PARTICIPANT_NAME = "participant.txt"
+NODE_MANIFEST_DIR = "_node_manifests"
+MANIFEST_VERSION = 1
+HASH_CHUNK_SIZE = 1 << 20
+#: a manifest larger than this is not a rig manifest
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_PARTICIPANT_BYTES = 256
+
+REC_ID_RE = re.compile(r"^rec_\d{8}_\d{6}_[0-9a-f]{4,32}$")
+FAMILY_RE = re.compile(r"^[a-z][a-z0-9]*$")
+ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
+_SKIP_SUFFIXES = (".part", ".tmp", "~")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One data file: its path relative to the session, size, and sha256 once hashed."""
+
+    rel_path: str
+    size: int
+    sha256: str | None = None
+
+    @property
+    def worker(self) -> str:
+        return self.rel_path.split("/", 1)[0]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"rel_path": self.rel_path, "size": self.size, "sha256": self.sha256}
+
+
+def split_worker(name: str) -> tuple[str, str]:
+    """``eeg_4559`` → (``eeg``, ``4559``); ``mic`` → (``mic``, ``""``)."""
+    family, _, worker_id = name.partition("_")
+    return family, worker_id
+
+
+def _worker_name_ok(name: str) -> bool:
+    family, worker_id = split_worker(name)
+    return bool(FAMILY_RE.match(family)) and (worker_id == "" or bool(ID_RE.match(worker_id)))
+
+
+def is_data_name(name: str) -> bool:
+    """False for dotfiles and the temporary names a writer leaves behind."""
+    return not name.startswith(".") and not name.endswith(_SKIP_SUFFIXES)
+
+
+def check_rel_path(rel_path: Any, rec_id: str, where: str) -> str:
+    """Return ``rel_path`` if it is a safe relative ``/`` path, else raise InputError."""
+    if not isinstance(rel_path, str) or not rel_path:
+        raise InputError(
+            f"{rec_id}: {where}: a files[].rel_path is empty or not a string; "
+            "give each file as 'worker/name' relative to the session directory",
+            rec_id=rec_id,
+            file=where,
+        )
+    parts = rel_path.split("/")
+    bad = (
+        rel_path.startswith("/")
+        or "\\" in rel_path
+        or "\x00" in rel_path
+        or any(p in ("", ".", "..") for p in parts)
+        or len(parts) < 2
+    )
+    if bad:
+        raise InputError(
+            f"{rec_id}: {where}: rel_path {rel_path!r} is not a relative path inside a worker "
+            "directory (no leading '/', no '..', '.', empty segments or backslashes); "
+            "fix the manifest entry",
+            rec_id=rec_id,
+            file=rel_path,
+        )
+    return rel_path
+
+
+def walk_session(rec_dir: Path) -> list[FileEntry]:
+    """Every data file of the session, sorted by rel_path. Symlinks are input errors."""
+    rec_id = rec_dir.name
+    entries: list[FileEntry] = []
+    try:
+        top = sorted(os.scandir(rec_dir), key=lambda e: e.name)
+    except FileNotFoundError:
+        raise InputError(f"{rec_id}: session directory {rec_dir} does not exist", rec_id=rec_id) from None
+    for entry in top:
+        if entry.is_symlink():
+            _symlink_error(rec_id, entry.name)
+        if not entry.is_dir(follow_symlinks=False):
+            continue  # manifest.json, participant.txt, stray files at the root: not data
+        if entry.name == NODE_MANIFEST_DIR or not is_data_name(entry.name):
+            continue
+        if not _worker_name_ok(entry.name):
+            raise InputError(
+                f"{rec_id}: directory {entry.name!r} is not a worker name "
+                "(<family>[_<suffix>], family ^[a-z][a-z0-9]*$, suffix lowercase letters, "
+                "digits, '_', '.', '-'); rename it or move it out of the session",
+                rec_id=rec_id,
+                file=entry.name,
+            )
+        _walk_worker(Path(entry.path), entry.name, rec_id, entries)
+    entries.sort(key=lambda e: e.rel_path)
+    return entries
+
+
+def _walk_worker(path: Path, rel: str, rec_id: str, out: list[FileEntry]) -> None:
+    for entry in os.scandir(path):
+        rel_path = f"{rel}/{entry.name}"
+        if entry.is_symlink():
+            _symlink_error(rec_id, rel_path)
+        if not is_data_name(entry.name):
+            continue
+        if "\\" in entry.name or "\n" in entry.name or "\r" in entry.name:
+            raise InputError(
+                f"{rec_id}: file name {rel_path!r} holds a backslash or line break; rename it",
+                rec_id=rec_id,
+                file=rel_path,
+            )
+        st = entry.stat(follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            _walk_worker(Path(entry.path), rel_path, rec_id, out)
+        elif stat.S_ISREG(st.st_mode):
+            out.append(FileEntry(rel_path, st.st_size))
+
+
+def _symlink_error(rec_id: str, rel: str) -> None:
+    raise InputError(
+        f"{rec_id}: {rel!r} is a symbolic link; links are never followed. "
+        "Replace it with the real file (or remove it) and retry",
+        rec_id=rec_id,
+        file=rel,
+    )
+
+
+def hash_file(path: Path, *, chunk_size: int = HASH_CHUNK_SIZE) -> tuple[str, int]:
+    """Streamed sha256 and byte count of one file; memory stays at one chunk."""
+    h = hashlib.sha256()
+    n = 0
+    buf = bytearray(chunk_size)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            got = f.readinto(buf)
+            if not got:
+                break
+            h.update(view[:got])
+            n += got
+    return h.hexdigest(), n
+
+
+def hash_files(
+    rec_dir: Path,
+    entries: Iterable[FileEntry],
+    *,
+    max_workers: int | None = None,
+    known: Mapping[str, str] | None = None,
+) -> list[FileEntry]:
+    """Hash files in parallel (hashlib releases the GIL); sizes are re-checked.
+
+    ``known`` maps rel_path → sha256 already trusted (the caller vouches that
+    the file has not changed); those files are not read again.
+    """
+    entries = list(entries)
+    known = known or {}
+    rec_id = rec_dir.name
+    workers = max_workers or min(32, (os.cpu_count() or 2))
+
+    def one(e: FileEntry) -> FileEntry:
+        if e.rel_path in known:
+            return FileEntry(e.rel_path, e.size, known[e.rel_path])
+        try:
+            digest, n = hash_file(rec_dir / e.rel_path)
+        except FileNotFoundError:
+            raise InputError(
+                f"{rec_id}: {e.rel_path} vanished while it was being hashed; "
+                "wait until the session is complete and retry",
+                rec_id=rec_id,
+                file=e.rel_path,
+            ) from None
+        if n != e.size:
+            raise InputError(
+                f"{rec_id}: {e.rel_path} changed size while it was being hashed "
+                f"({e.size} -> {n} bytes); wait until the session is complete and retry",
+                rec_id=rec_id,
+                file=e.rel_path,
+            )
+        return FileEntry(e.rel_path, n, digest)
+
+    if len(entries) <= 1:
+        return [one(e) for e in entries]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ursa-hash") as pool:
+        return list(pool.map(one, entries))
+
+
+def recording_hash(sha256s: Iterable[str]) -> str:
+    """sha256 of the sorted per-file hex digests joined by newlines (no trailing newline)."""
+    return hashlib.sha256("\n".join(sorted(sha256s)).encode("utf-8")).hexdigest()
+
+
+def parse_time_ns(value: Any, *, rec_id: str, key: str, file: str) -> int:
+    """An ISO-8601 time with an offset, or integer epoch nanoseconds, as epoch ns."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            dt = None
+        if dt is not None and dt.tzinfo is not None:
+            delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
+            return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+    raise InputError(
+        f"{rec_id}: {file}: {key} must be ISO-8601 with an offset "
+        "(2026-05-20T19:56:28.120+00:00) or integer epoch nanoseconds; got "
+        f"{type(value).__name__}; fix the manifest",
+        rec_id=rec_id,
+        file=file,
+    )
+
+
+def _load_json(path: Path, rec_id: str, rel: str) -> dict[str, Any]:
+    try:
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise InputError(
+                f"{rec_id}: {rel} is {size} bytes, larger than any rig manifest; fix or remove it",
+                rec_id=rec_id,
+                file=rel,
+            )
+        doc = json.loads(path.read_bytes())
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{rec_id}: {rel} is not UTF-8 ({exc.reason}); rewrite it as UTF-8 JSON",
+                         rec_id=rec_id, file=rel) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"{rec_id}: {rel} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+            "fix the file, or delete it and run `ursa-daemon reconstruct-manifest`",
+            rec_id=rec_id,
+            file=rel,
+        ) from None
+    if not isinstance(doc, dict):
+        raise InputError(f"{rec_id}: {rel} must hold a JSON object; fix the file", rec_id=rec_id, file=rel)
+    return doc
+
+
+def read_manifest(rec_dir: Path) -> tuple[dict[str, Any], str]:
+    """The session's manifest and the file it came from.
+
+    ``manifest.json`` if present, else the merge of ``_node_manifests/*.json``.
+    """
+    rec_id = rec_dir.name
+    path = rec_dir / MANIFEST_NAME
+    if path.is_symlink():
+        _symlink_error(rec_id, MANIFEST_NAME)
+    if path.is_file():
+        return _load_json(path, rec_id, MANIFEST_NAME), MANIFEST_NAME
+    node_dir = rec_dir / NODE_MANIFEST_DIR
+    nodes = sorted(node_dir.glob("*.json")) if node_dir.is_dir() else []
+    if not nodes:
+        raise InputError(
+            f"{rec_id}: no {MANIFEST_NAME} and no {NODE_MANIFEST_DIR}/*.json; "
+            "wait for the rig to finish, or run `ursa-daemon reconstruct-manifest`",
+            rec_id=rec_id,
+            file=MANIFEST_NAME,
+        )
+    docs = []
+    for p in nodes:
+        if p.is_symlink():
+            _symlink_error(rec_id, f"{NODE_MANIFEST_DIR}/{p.name}")
+        docs.append(_load_json(p, rec_id, f"{NODE_MANIFEST_DIR}/{p.name}"))
+    return merge_node_manifests(docs, rec_id), NODE_MANIFEST_DIR
+
+
+def merge_node_manifests(docs: list[dict[str, Any]], rec_id: str) -> dict[str, Any]:
+    """One manifest from the halves of a dual-node session (earliest start, latest end)."""
+    merged: dict[str, Any] = dict(docs[0])
+    files: dict[str, Any] = {}
+    workers: dict[str, Any] = {}
+    nodes: list[str] = []
+    for doc in docs:
+        if doc.get("recording_id") != merged.get("recording_id"):
+            raise InputError(
+                f"{rec_id}: node manifests disagree on recording_id; each node's manifest must "
+                "name the same session",
+                rec_id=rec_id,
+                file=NODE_MANIFEST_DIR,
+            )
+        for f in doc.get("files") or []:
+            key = f.get("rel_path") if isinstance(f, dict) else None
+            if isinstance(key, str) and key in files and files[key] != f:
+                raise InputError(
+                    f"{rec_id}: {key} is listed differently by two node manifests; fix one of them",
+                    rec_id=rec_id,
+                    file=key,
+                )
+            files[str(key)] = f
+        workers.update(doc.get("workers") or {})
+        nodes.extend(n for n in doc.get("nodes") or [] if n not in nodes)
+    merged["files"] = list(files.values())
+    merged["workers"] = workers
+    merged["nodes"] = nodes
+    return merged
+
+
+@dataclass(frozen=True)
+class Session:
+    """A validated session: its manifest, data files and derived catalog fields."""
+
+    rec_dir: Path
+    rec_id: str
+    manifest: dict[str, Any]
+    files: tuple[FileEntry, ...]
+    start_time_ns: int
+    duration_ns: int
+    participant: str | None
+
+    @property
+    def bytes_total(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def workers(self) -> list[str]:
+        return sorted({f.worker for f in self.files})
+
+
+def load_session(rec_dir: Path) -> Session:
+    """Read, validate and walk a session; hashes are not computed yet.
+
+    Raises InputError for every SPEC violation: bad JSON, missing keys, a
+    rec_id that is not the directory name, unsafe or missing files, links.
+    """
+    rec_dir = Path(rec_dir)
+    rec_id = rec_dir.name
+    if not REC_ID_RE.match(rec_id):
+        raise InputError(
+            f"{rec_id!r}: a session directory must be named rec_YYYYMMDD_HHMMSS_<hex>; rename it",
+            rec_id=rec_id,
+        )
+    doc, src = read_manifest(rec_dir)
+    validate_manifest(doc, rec_id, src)
+    start_ns = parse_time_ns(doc["start_time"], rec_id=rec_id, key="start_time", file=src)
+    duration_ns = _duration_ns(doc, start_ns, rec_id, src)
+    on_disk = walk_session(rec_dir)
+    if not on_disk:
+        raise InputError(
+            f"{rec_id}: no data files under any worker directory; a session needs at least "
+            "one file in a <family>[_<suffix>]/ subdirectory",
+            rec_id=rec_id,
+        )
+    files = _check_listed_files(doc, on_disk, rec_dir, src)
+    participant = read_participant(rec_dir)
+    return Session(rec_dir, rec_id, doc, tuple(files), start_ns, duration_ns, participant)
+
+
+def validate_manifest(doc: dict[str, Any], rec_id: str, src: str) -> None:
+    """The required keys and the shape of ``files`` (SPEC section 2)."""
+    for key in ("recording_id", "start_time"):
+        if key not in doc:
+            raise InputError(
+                f"{rec_id}: {src} has no {key!r}; the rig writes it, add it by hand "
+                "or run `ursa-daemon reconstruct-manifest`",
+                rec_id=rec_id,
+                file=src,
+            )
+    if doc["recording_id"] != rec_id:
+        raise InputError(
+            f"{rec_id}: {src} says recording_id {str(doc['recording_id'])[:80]!r}, not the "
+            "directory name; rename the directory or fix the manifest",
+            rec_id=rec_id,
+            file=src,
+        )
+    files = doc.get("files")
+    if files is not None and not isinstance(files, list):
+        raise InputError(f"{rec_id}: {src}: files must be a list; fix the manifest", rec_id=rec_id, file=src)
+    for f in files or []:
+        if not isinstance(f, dict):
+            raise InputError(f"{rec_id}: {src}: every files[] entry must be an object", rec_id=rec_id, file=src)
+        check_rel_path(f.get("rel_path"), rec_id, src)
+        size = f.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InputError(
+                f"{rec_id}: {src}: size of {f.get('rel_path')!r} must be a non-negative integer",
+                rec_id=rec_id,
+                file=str(f.get("rel_path")),
+            )
+
+
+def _duration_ns(doc: dict[str, Any], start_ns: int, rec_id: str, src: str) -> int:
+    if doc.get("end_time") is not None:
+        end_ns = parse_time_ns(doc["end_time"], rec_id=rec_id, key="end_time", file=src)
+        return max(0, end_ns - start_ns)
+    dur = doc.get("duration_s")
+    if dur is None:
+        return 0
+    if isinstance(dur, bool) or not isinstance(dur, int | float) or dur < 0 or dur != dur:
+        raise InputError(f"{rec_id}: {src}: duration_s must be a non-negative number", rec_id=rec_id, file=src)
+    return round(dur * 1_000_000_000)
+
+
+def _check_listed_files(
+    doc: dict[str, Any], on_disk: list[FileEntry], rec_dir: Path, src: str
+) -> list[FileEntry]:
+    """The session's data files: the manifest's list when it has one (each must exist
+    with its size, inside the session), else every data file on disk."""
+    listed = doc.get("files")
+    if not listed:
+        return on_disk
+    rec_id = rec_dir.name
+    sizes = {e.rel_path: e.size for e in on_disk}
+    root = rec_dir.resolve()
+    missing, wrong = [], []
+    for f in listed:
+        rel = f["rel_path"]
+        if not (rec_dir / rel).resolve().is_relative_to(root):
+            raise InputError(
+                f"{rec_id}: {src}: rel_path {rel!r} resolves outside the session; fix the manifest",
+                rec_id=rec_id,
+                file=rel,
+            )
+        if rel not in sizes:
+            missing.append(rel)
+        elif sizes[rel] != f["size"]:
+            wrong.append(f"{rel} (manifest {f['size']}, disk {sizes[rel]})")
+    if missing or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing: {', '.join(missing[:20])}")
+        if wrong:
+            parts.append(f"size differs: {', '.join(wrong[:20])}")
+        raise InputError(
+            f"{rec_id}: files listed in {src} do not match the disk ({'; '.join(parts)}); "
+            "copy the missing files back, or fix the manifest",
+            rec_id=rec_id,
+            file=(missing or wrong)[0].split(" ")[0],
+        )
+    wanted = {f["rel_path"] for f in listed}
+    return [e for e in on_disk if e.rel_path in wanted]
+
+
+def read_participant(rec_dir: Path) -> str | None:
+    """The operator-typed name in ``participant.txt``, or None when there is no file."""
+    rec_id = rec_dir.name
+    path = rec_dir / PARTICIPANT_NAME
+    if path.is_symlink():
+        _symlink_error(rec_id, PARTICIPANT_NAME)
+    if not path.exists():
+        return None
+    data = path.read_bytes()[: MAX_PARTICIPANT_BYTES + 1]
+    if len(data) > MAX_PARTICIPANT_BYTES:
+        raise InputError(
+            f"{rec_id}: {PARTICIPANT_NAME} is larger than {MAX_PARTICIPANT_BYTES} bytes; "
+            "it should hold one name: fix it",
+            rec_id=rec_id,
+            file=PARTICIPANT_NAME,
+        )
+    try:
+        name = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise InputError(
+            f"{rec_id}: {PARTICIPANT_NAME} is not UTF-8; rewrite it as UTF-8 text",
+            rec_id=rec_id,
+            file=PARTICIPANT_NAME,
+        ) from None
+    if not name or not participant_id(name):
+        raise InputError(
+            f"{rec_id}: {PARTICIPANT_NAME} holds no name; write the participant's name in it "
+            "or delete the file",
+            rec_id=rec_id,
+            file=PARTICIPANT_NAME,
+        )
+    return name
+
+
+def participant_id(name: str) -> str:
+    """Lowercase; every run of other characters becomes ``_``; trimmed; at most 128."""
+    pid = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    return pid[:128].rstrip("_")
+
+
+def augment(
+    doc: Mapping[str, Any],
+    files: Iterable[FileEntry],
+    *,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> dict[str, Any]:
+    """The augmented manifest: per-file sha256 sorted by rel_path, recording_hash, version.
+
+    Idempotent: augmenting an augmented manifest over the same bytes returns
+    it unchanged (``augmented_at`` included). The rig's fields are kept.
+    """
+    entries = sorted(files, key=lambda e: e.rel_path)
+    if any(e.sha256 is None for e in entries):
+        raise ValueError("augment() needs hashed files")
+    new_files = [e.as_json() for e in entries]
+    rh = recording_hash(e.sha256 for e in entries if e.sha256)
+    if doc.get("files") == new_files and doc.get("recording_hash") == rh and "augmented_at" in doc:
+        return dict(doc)
+    out = dict(doc)
+    out["files"] = new_files
+    out["recording_hash"] = rh
+    out["manifest_version"] = MANIFEST_VERSION
+    out["augmented_at"] = now().isoformat(timespec="milliseconds")
+    return out
+
+
+def manifest_bytes(doc: Mapping[str, Any]) -> bytes:
+    """The canonical serialisation written to disk and to the store."""
+    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def rel_key(rec_id: str, rel_path: str) -> str:
+    """The raw-bucket key of a session file."""
+    return str(PurePosixPath("recordings") / rec_id / rel_path)
