@@ -12,6 +12,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -75,6 +76,14 @@ def _errors_to_exit(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _logs_to_stderr(as_json: bool) -> None:
+    """With ``--json``, stdout carries the one JSON document: log lines move to stderr."""
+    if as_json:
+        from ursa_daemon.log import setup_logging
+
+        setup_logging(stream=sys.stderr, json=True)
+
+
 def _emit_json(doc: Any) -> None:
     click.echo(json.dumps(doc, indent=2, sort_keys=False, default=str))
 
@@ -117,6 +126,7 @@ def query(
     as_json: bool,
 ) -> None:
     """Search the catalog."""
+    _logs_to_stderr(as_json)
     results = obj.data().query(
         recording_hash=recording_hash,
         participants=list(participants) or None,
@@ -146,6 +156,111 @@ def _print_results(results: list[Any]) -> None:
             ", ".join(sorted(r.modalities)),
         )
     Console(stderr=False).print(table)
+
+
+def _ingest_summary(result: Any, rec_id: str) -> dict[str, Any]:
+    rec = result.recording
+    return {
+        "rec_id": rec_id,
+        "recording_hash": None if rec is None else rec.recording_hash,
+        "paused": result.paused,
+        "files_uploaded": result.files_uploaded,
+        "files_skipped": result.files_skipped,
+        "bytes_uploaded": result.bytes_uploaded,
+    }
+
+
+@cli.command()
+@click.argument("rec_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--participant", default=None, help="Participant name (overrides participant.txt).")
+@click.option("--overwrite", is_flag=True, help="Upload every file again and replace differing catalog rows.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.pass_obj
+@_errors_to_exit
+def ingest(obj: Context, rec_dir: Path, participant: str | None, overwrite: bool, as_json: bool) -> None:
+    """Upload one session and register it (Path A)."""
+    _logs_to_stderr(as_json)
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from ursa_daemon.ingest import UploadProgress
+    from ursa_daemon.ingest import ingest as run_ingest
+
+    data = obj.data()
+    data.enable_writes(roles=("assets_rw", "raw_rw"))
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    ) as bar:
+        task = bar.add_task(rec_dir.name, total=None)
+
+        def on_progress(p: UploadProgress) -> None:
+            bar.update(task, total=p.bytes_total, completed=p.bytes_processed)
+
+        result = run_ingest(data, rec_dir, participant=participant, overwrite=overwrite, progress=on_progress)
+    summary = _ingest_summary(result, rec_dir.name)
+    if as_json:
+        _emit_json(summary)
+    else:
+        click.echo(
+            f"{rec_dir.name}: registered {summary['recording_hash']} "
+            f"({result.files_uploaded} uploaded, {result.files_skipped} skipped, "
+            f"{result.bytes_uploaded:,} bytes)",
+            err=True,
+        )
+
+
+@cli.command("register-from-store")
+@click.argument("rec_id")
+@click.option("--participant", default=None, help="Participant name (overrides participant.txt in the store).")
+@click.option("--allow-partial", is_flag=True, help="Register a dual-node session before every node's half is in.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.pass_obj
+@_errors_to_exit
+def register_from_store_cmd(obj: Context, rec_id: str, participant: str | None, allow_partial: bool, as_json: bool) -> None:
+    """Verify bytes already in the store and register them (Path B)."""
+    _logs_to_stderr(as_json)
+    from ursa_daemon.backfill import register_from_store
+
+    data = obj.data()
+    data.enable_writes(roles=("assets_rw",))
+    result = register_from_store(data, rec_id, participant=participant, allow_partial=allow_partial)
+    summary = _ingest_summary(result, rec_id)
+    if as_json:
+        _emit_json(summary)
+    else:
+        click.echo(f"{rec_id}: registered {summary['recording_hash']} ({result.files_skipped} files verified)", err=True)
+
+
+@cli.command("reconstruct-manifest")
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.pass_obj
+@_errors_to_exit
+def reconstruct_manifest(obj: Context, target: str, as_json: bool) -> None:
+    """Rebuild a missing manifest from the files of REC_DIR (disk) or REC_ID (store) (Path C)."""
+    _logs_to_stderr(as_json)
+    from ursa_daemon.backfill import reconstruct_from_disk, reconstruct_from_store
+
+    path = Path(target)
+    if path.is_dir():
+        written = reconstruct_from_disk(path)
+        doc = json.loads(written.read_text(encoding="utf-8"))
+        where = str(written)
+    else:
+        data = obj.data()
+        data.enable_writes(roles=("raw_rw",))
+        doc = reconstruct_from_store(data, target)
+        where = f"recordings/{target}/manifest.json in the raw bucket"
+    if as_json:
+        _emit_json({"manifest": where, "recording_hash": doc["recording_hash"], "files": len(doc["files"])})
+    else:
+        click.echo(f"{where}: {len(doc['files'])} files, recording_hash {doc['recording_hash']}", err=True)
 
 
 @cli.command()

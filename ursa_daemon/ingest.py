@@ -8,6 +8,7 @@ a row whose download would 404.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -17,13 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ursa_daemon.catalog import IngestionStatus, ModalityRow, ParticipantRow, RecordingRow
+from ursa_daemon.config import LocalProfile, S3Profile
 from ursa_daemon.errors import ObjectNotFound
 from ursa_daemon.log import get_logger
 from ursa_daemon.manifest import (
     MANIFEST_NAME,
     PARTICIPANT_NAME,
     FileEntry,
-    Session,
     augment,
     hash_files,
     load_session,
@@ -32,15 +33,32 @@ from ursa_daemon.manifest import (
     rel_key,
     split_worker,
 )
-from ursa_daemon.store import Store, storage_uri
+from ursa_daemon.store import LocalStore, Store, storage_uri
 from ursa_daemon.uploader import FileUpload, RateLimiter, UploadLimits, upload_files
 
 if TYPE_CHECKING:
     from ursa_daemon.api import DataInterface
 
-__all__ = ["IngestResult", "UploadProgress", "ingest", "session_rows"]
+__all__ = [
+    "IngestResult",
+    "SessionSpan",
+    "UploadProgress",
+    "ingest",
+    "object_sha256",
+    "register_session",
+    "session_rows",
+]
 
 log = get_logger("ursa.ingest")
+
+
+@dataclass(frozen=True)
+class SessionSpan:
+    """What the catalog needs of a session besides its files: id and time span."""
+
+    rec_id: str
+    start_time_ns: int
+    duration_ns: int
 
 
 @dataclass(frozen=True)
@@ -133,30 +151,44 @@ def ingest(
         bytes_done=tracker.bytes_uploaded,
         elapsed_s=round(time.monotonic() - started, 3),
     )
-    recording = register_session(data, session, files, doc, participant=name, overwrite=overwrite)
+    span = SessionSpan(rec_id, session.start_time_ns, session.duration_ns)
+    recording = register_session(data, span, files, doc, participant=name, overwrite=overwrite)
     return tracker.result(paused=False, recording=recording)
 
 
 def _files_to_upload(store: Store, rec_id: str, files: list[FileEntry], tracker: _Progress) -> list[FileEntry]:
     """Files whose object is not already there with the same size and sha256.
 
-    S3 returns the ``sha256`` user metadata with ``head``; the local store has
-    no metadata, so there the previously uploaded manifest vouches for it.
+    S3 returns the ``sha256`` user metadata with ``head``. The local store has
+    no metadata: there the previously uploaded manifest vouches for it, else
+    the object (on the same machine) is hashed: a read, no bytes moved.
     """
     stored = _stored_hashes(store, rec_id)
     todo = []
     for entry in files:
+        key = rel_key(rec_id, entry.rel_path)
         try:
-            meta = store.head(rel_key(rec_id, entry.rel_path))
+            meta = store.head(key)
         except ObjectNotFound:
             todo.append(entry)
             continue
         sha = meta.sha256 or stored.get(entry.rel_path)
+        if sha is None and meta.size == entry.size and isinstance(store, LocalStore):
+            sha = object_sha256(store, key)
         if meta.size == entry.size and sha == entry.sha256:
             tracker.file_done(FileUpload(entry, uploaded=False))
         else:
             todo.append(entry)
     return todo
+
+
+def object_sha256(store: Store, key: str) -> str:
+    """Stream an object through sha256."""
+    h = hashlib.sha256()
+    with store.open(key) as src:
+        while chunk := src.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _stored_hashes(store: Store, rec_id: str) -> dict[str, str]:
@@ -217,8 +249,8 @@ class _Progress:
 
 
 def session_rows(
-    data: DataInterface,
-    session: Session,
+    profile: LocalProfile | S3Profile,
+    span: SessionSpan,
     files: list[FileEntry],
     doc: dict[str, Any],
     *,
@@ -226,14 +258,14 @@ def session_rows(
 ) -> tuple[list[ParticipantRow], RecordingRow, list[ModalityRow]]:
     """The catalog rows of a session: participant, recording, one modality per worker."""
     rh = doc["recording_hash"]
-    rec_id = session.rec_id
+    rec_id = span.rec_id
     participants = []
     if participant is not None:
         pid = participant_id(participant)
         participants.append(
             ParticipantRow(
                 participant_id=pid,
-                enrolled_at=session.start_time_ns,
+                enrolled_at=span.start_time_ns,
                 display_name=participant,
                 metadata={},
             )
@@ -246,8 +278,8 @@ def session_rows(
         recording_hash=rh,
         rec_id=rec_id,
         participant_ids=[p.participant_id for p in participants],
-        start_time=session.start_time_ns,
-        duration_ns=session.duration_ns,
+        start_time=span.start_time_ns,
+        duration_ns=span.duration_ns,
         device_info=device_info,
         metadata=metadata,
         registered_at=time.time_ns(),
@@ -259,7 +291,7 @@ def session_rows(
     modalities = []
     for worker, wfiles in sorted(by_worker.items()):
         family, worker_id = split_worker(worker)
-        uri = storage_uri(data.profile, "raw", rel_key(rec_id, worker) + "/")
+        uri = storage_uri(profile, "raw", rel_key(rec_id, worker) + "/")
         wmeta = workers_meta.get(worker) if isinstance(workers_meta.get(worker), dict) else {}
         rate = wmeta.get("sampling_rate")
         modalities.append(
@@ -284,7 +316,7 @@ def session_rows(
 
 def register_session(
     data: DataInterface,
-    session: Session,
+    span: SessionSpan,
     files: list[FileEntry],
     doc: dict[str, Any],
     *,
@@ -297,7 +329,7 @@ def register_session(
     of the same person must not conflict on ``enrolled_at``).
     """
     catalog = data._write_catalog()
-    participants, recording, modalities = session_rows(data, session, files, doc, participant=participant)
+    participants, recording, modalities = session_rows(data.profile, span, files, doc, participant=participant)
     new_participants = [p for p in participants if catalog.get_participant(p.participant_id) is None]
     policy = "overwrite" if overwrite else "error"
     row = catalog.register_session(
@@ -307,6 +339,6 @@ def register_session(
         on_conflict_recording=policy,
         on_conflict_modality=policy,
     )
-    log.info("session.registered", rec_id=session.rec_id, recording_hash=recording.recording_hash)
+    log.info("session.registered", rec_id=span.rec_id, recording_hash=recording.recording_hash)
     return row
 

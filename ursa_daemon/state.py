@@ -1,0 +1,306 @@
+"""SQLite resume state under ``state_dir``: the only SQL in the package.
+
+One row per session (state, attempts, last error, next attempt, recording
+hash, progress) and one row per file (size, mtime, sha256, confirmed). WAL
+mode with ``synchronous=FULL``: a committed transaction survives SIGKILL and
+power loss. The schema is versioned with ``PRAGMA user_version`` and upgraded
+by the ordered ``MIGRATIONS``. ``StateLock`` is an exclusive ``flock`` on
+``state_dir/lock``: a second process fails at once with :class:`StateLocked`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from ursa_daemon.errors import StateError, StateLocked
+
+__all__ = [
+    "MIGRATIONS",
+    "FileState",
+    "SessionRecord",
+    "SessionState",
+    "StateDB",
+    "StateLock",
+]
+
+DB_NAME = "state.sqlite3"
+LOCK_NAME = "lock"
+
+
+class SessionState(StrEnum):
+    """SPEC section 5: discovered → hashing → uploading ⇄ paused → registering → registered."""
+
+    DISCOVERED = "discovered"
+    HASHING = "hashing"
+    UPLOADING = "uploading"
+    PAUSED = "paused"
+    REGISTERING = "registering"
+    REGISTERED = "registered"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: sessions and files
+    """
+    CREATE TABLE sessions (
+        rec_id          TEXT PRIMARY KEY,
+        root            TEXT NOT NULL,
+        state           TEXT NOT NULL,
+        recording_hash  TEXT,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        last_error      TEXT,
+        next_attempt_at REAL,
+        signature       TEXT,
+        files_total     INTEGER NOT NULL DEFAULT 0,
+        files_done      INTEGER NOT NULL DEFAULT 0,
+        bytes_total     INTEGER NOT NULL DEFAULT 0,
+        bytes_done      INTEGER NOT NULL DEFAULT 0,
+        updated_at      REAL NOT NULL
+    );
+    CREATE INDEX sessions_state ON sessions(state);
+    CREATE TABLE files (
+        rec_id     TEXT NOT NULL REFERENCES sessions(rec_id) ON DELETE CASCADE,
+        rel_path   TEXT NOT NULL,
+        size       INTEGER NOT NULL,
+        mtime_ns   INTEGER NOT NULL,
+        sha256     TEXT,
+        confirmed  INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (rec_id, rel_path)
+    ) WITHOUT ROWID;
+    """,
+)
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    rec_id: str
+    root: str
+    state: SessionState
+    recording_hash: str | None
+    attempts: int
+    last_error: str | None
+    next_attempt_at: float | None
+    signature: str | None
+    files_total: int
+    files_done: int
+    bytes_total: int
+    bytes_done: int
+    updated_at: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "rec_id": self.rec_id,
+            "state": str(self.state),
+            "recording_hash": self.recording_hash,
+            "files_done": self.files_done,
+            "files_total": self.files_total,
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.bytes_total,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "next_attempt_at": self.next_attempt_at,
+        }
+
+
+@dataclass(frozen=True)
+class FileState:
+    rel_path: str
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    confirmed: bool
+
+
+class StateLock:
+    """An exclusive, non-blocking ``flock`` on ``state_dir/lock``, released on close or death."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / LOCK_NAME
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self._fd)
+            self._fd = None
+            raise StateLocked(
+                f"another ursa-daemon process (pid {holder}) holds the state lock {self.path}; "
+                "stop it first (systemctl stop ursa-daemon) or use another state_dir"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> StateLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class StateDB:
+    """The resume state. Thread-safe: one connection, serialised by a lock."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / DB_NAME
+        try:
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(
+                f"state database {self.path} is unreadable ({exc}); move it aside and restart: "
+                "the daemon rebuilds what it needs from the store and the catalog"
+            ) from None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _migrate(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StateError(
+                f"state database {self.path} has schema {version}, newer than this ursa-daemon "
+                f"({len(MIGRATIONS)}); upgrade ursa-daemon"
+            )
+        for n, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self._conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={n};\nCOMMIT;")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(args)).fetchall()
+
+    # -- sessions ---------------------------------------------------------
+
+    def session(self, rec_id: str) -> SessionRecord | None:
+        rows = self._query("SELECT * FROM sessions WHERE rec_id = ?", (rec_id,))
+        return _session(rows[0]) if rows else None
+
+    def sessions(self, state: SessionState | None = None) -> list[SessionRecord]:
+        if state is None:
+            rows = self._query("SELECT * FROM sessions ORDER BY rec_id")
+        else:
+            rows = self._query("SELECT * FROM sessions WHERE state = ? ORDER BY rec_id", (str(state),))
+        return [_session(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self._query("SELECT state, count(*) FROM sessions GROUP BY state")}
+
+    def upsert_session(self, rec_id: str, root: str, state: SessionState, *, signature: str | None = None) -> None:
+        """Create the row, or move an existing one to ``state`` (and a new signature)."""
+        with self._tx() as c:
+            c.execute(
+                """INSERT INTO sessions (rec_id, root, state, signature, updated_at) VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT(rec_id) DO UPDATE SET root = excluded.root, state = excluded.state,
+                   signature = coalesce(excluded.signature, signature), updated_at = excluded.updated_at""",
+                (rec_id, root, str(state), signature, time.time()),
+            )
+
+    def set_state(
+        self,
+        rec_id: str,
+        state: SessionState,
+        *,
+        error: str | None = None,
+        next_attempt_at: float | None = None,
+        recording_hash: str | None = None,
+        count_attempt: bool = False,
+    ) -> None:
+        with self._tx() as c:
+            c.execute(
+                """UPDATE sessions SET state = ?, last_error = ?, next_attempt_at = ?,
+                   recording_hash = coalesce(?, recording_hash), attempts = attempts + ?,
+                   updated_at = ? WHERE rec_id = ?""",
+                (str(state), error, next_attempt_at, recording_hash, int(count_attempt), time.time(), rec_id),
+            )
+
+    def reset_attempts(self, rec_id: str) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE sessions SET attempts = 0 WHERE rec_id = ?", (rec_id,))
+
+    def set_progress(self, rec_id: str, *, files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> None:
+        with self._tx() as c:
+            c.execute(
+                """UPDATE sessions SET files_done = ?, files_total = ?, bytes_done = ?, bytes_total = ?,
+                   updated_at = ? WHERE rec_id = ?""",
+                (files_done, files_total, bytes_done, bytes_total, time.time(), rec_id),
+            )
+
+    def forget(self, rec_id: str) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM sessions WHERE rec_id = ?", (rec_id,))
+
+    # -- files ------------------------------------------------------------
+
+    def files(self, rec_id: str) -> dict[str, FileState]:
+        rows = self._query("SELECT * FROM files WHERE rec_id = ?", (rec_id,))
+        return {
+            r["rel_path"]: FileState(r["rel_path"], r["size"], r["mtime_ns"], r["sha256"], bool(r["confirmed"]))
+            for r in rows
+        }
+
+    def record_hashes(self, rec_id: str, entries: Iterable[tuple[str, int, int, str]]) -> None:
+        """(rel_path, size, mtime_ns, sha256) per file; a changed file loses its confirmation."""
+        with self._tx() as c:
+            c.executemany(
+                """INSERT INTO files (rec_id, rel_path, size, mtime_ns, sha256) VALUES (?, ?, ?, ?, ?)
+                   ON CONFLICT(rec_id, rel_path) DO UPDATE SET
+                   confirmed = CASE WHEN files.sha256 = excluded.sha256 AND files.size = excluded.size
+                                    THEN files.confirmed ELSE 0 END,
+                   size = excluded.size, mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256""",
+                [(rec_id, *e) for e in entries],
+            )
+
+    def confirm_file(self, rec_id: str, rel_path: str) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE files SET confirmed = 1 WHERE rec_id = ? AND rel_path = ?", (rec_id, rel_path))
+
+
+def _session(r: sqlite3.Row) -> SessionRecord:
+    return SessionRecord(
+        rec_id=r["rec_id"],
+        root=r["root"],
+        state=SessionState(r["state"]),
+        recording_hash=r["recording_hash"],
+        attempts=r["attempts"],
+        last_error=r["last_error"],
+        next_attempt_at=r["next_attempt_at"],
+        signature=r["signature"],
+        files_total=r["files_total"],
+        files_done=r["files_done"],
+        bytes_total=r["bytes_total"],
+        bytes_done=r["bytes_done"],
+        updated_at=r["updated_at"],
+    )

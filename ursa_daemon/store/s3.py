@@ -1,0 +1,193 @@
+"""One bucket of an S3-compatible endpoint (Cloudflare R2, MinIO, moto, AWS).
+
+The only place obstore's S3 configuration is built. Keys reach obstore through a
+``credential_provider`` callback, so the secret is in neither the store's
+``config`` nor any repr.
+
+What a PUT carries:
+
+* ``x-amz-meta-sha256``: obstore turns every non-standard ``attributes`` key into
+  ``x-amz-meta-<key>`` (on a multipart upload, on CreateMultipartUpload).
+  ``head()`` reads it back with a ``HEAD`` request
+  (``obstore.get(..., options={"head": True}).attributes``; ``obstore.head()``
+  returns no user metadata).
+* ``x-amz-checksum-sha256`` (``checksum_algorithm="sha256"``, the default):
+  the base64 SHA-256 of the body on a single PUT, of each part on a multipart
+  upload (composite checksum, announced by ``x-amz-checksum-algorithm`` on
+  CreateMultipartUpload), which S3 verifies. Every request is also SigV4-signed
+  over its payload hash (``x-amz-content-sha256``). Pass ``None`` to turn the
+  checksum off for a store that rejects it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import obstore
+from obstore.store import S3Store as _ObS3Store
+
+from ursa_daemon.store._common import ObstoreBackend, check_key
+from ursa_daemon.store.base import BucketKind
+
+if TYPE_CHECKING:
+    from obstore.store import S3Credential
+
+    from ursa_daemon.config import Credentials, S3Profile
+
+__all__ = ["S3Store", "lance_storage_options"]
+
+
+class S3Store(ObstoreBackend):
+    """One bucket through one credential role.
+
+    The knobs: ``max_retries`` and ``retry_timeout`` (seconds from the first
+    attempt) bound obstore's retries of connection errors, 5xx and throttling,
+    with backoff from ``init_backoff`` to ``max_backoff``; ``connect_timeout``
+    bounds a connect, ``read_timeout`` a stall while reading a response, and
+    ``request_timeout`` a whole request (a part, or an ``open()`` stream).
+    """
+
+    _store: _ObS3Store
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        bucket_kind: BucketKind,
+        endpoint: str,
+        credentials: Credentials,
+        region: str = "auto",
+        allow_http: bool = False,
+        checksum_algorithm: str | None = "sha256",
+        max_retries: int = 5,
+        retry_timeout: float = 180.0,
+        init_backoff: float = 0.1,
+        max_backoff: float = 15.0,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 120.0,
+        request_timeout: float = 3600.0,
+    ) -> None:
+        endpoint = endpoint.rstrip("/")
+        if endpoint.startswith("http://") and not allow_http:
+            raise ValueError(
+                f"endpoint {endpoint} is plain http: set allow_http (loopback test servers only)"
+            )
+        self.bucket = bucket
+        self.bucket_kind = bucket_kind
+        self.endpoint = endpoint
+        self.region = region
+        self._credentials = credentials
+        config: dict[str, Any] = {"endpoint": endpoint, "region": region}
+        if checksum_algorithm:
+            config["checksum_algorithm"] = checksum_algorithm
+        self._store = _ObS3Store(
+            bucket,
+            config=config,  # type: ignore[arg-type]
+            client_options={
+                "allow_http": allow_http,
+                "connect_timeout": timedelta(seconds=connect_timeout),
+                "read_timeout": timedelta(seconds=read_timeout),
+                "timeout": timedelta(seconds=request_timeout),
+            },
+            retry_config={
+                "max_retries": max_retries,
+                "retry_timeout": timedelta(seconds=retry_timeout),
+                "backoff": {
+                    "init_backoff": timedelta(seconds=init_backoff),
+                    "max_backoff": timedelta(seconds=max_backoff),
+                },
+            },
+            credential_provider=self._provide_credentials,
+        )
+
+    @classmethod
+    def from_profile(
+        cls,
+        profile: S3Profile,
+        bucket_kind: BucketKind,
+        credentials: Credentials,
+        **knobs: Any,
+    ) -> S3Store:
+        """The store of ``profile``'s ``bucket_kind`` bucket; ``knobs`` go to the constructor."""
+        return cls(
+            bucket=profile.bucket(bucket_kind),
+            bucket_kind=bucket_kind,
+            endpoint=profile.endpoint,
+            region=profile.region,
+            allow_http=profile.allow_http,
+            credentials=credentials,
+            **knobs,
+        )
+
+    def _provide_credentials(self) -> S3Credential:
+        creds = self._credentials
+        token = creds.session_token.get_secret_value() if creds.session_token else None
+        return {
+            "access_key_id": creds.access_key_id,
+            "secret_access_key": creds.secret_access_key,
+            "token": token,
+            "expires_at": None,
+        }
+
+    def _secrets(self) -> tuple[str, ...]:
+        creds = self._credentials
+        token = creds.session_token.get_secret_value() if creds.session_token else ""
+        return tuple(s for s in (creds.secret_access_key, token) if s)
+
+    def _attributes(
+        self, sha256: str | None, content_type: str | None
+    ) -> dict[str, str] | None:
+        attributes = {}
+        if sha256 is not None:
+            attributes["sha256"] = sha256
+        if content_type is not None:
+            attributes["Content-Type"] = content_type
+        return attributes or None
+
+    def _head_raw(self, key: str) -> tuple[dict[str, Any], str | None]:
+        result = obstore.get(self._store, key, options={"head": True})
+        return dict(result.meta), result.attributes.get("sha256")
+
+    def uri(self, key: str) -> str:
+        """``s3://bucket/key``; ``key`` may be a prefix ending in ``/``."""
+        check_key(key, prefix=True)
+        return f"s3://{self.bucket}/{key}"
+
+    def __repr__(self) -> str:
+        return (
+            f"S3Store(bucket={self.bucket!r}, bucket_kind={self.bucket_kind!r}, "
+            f"endpoint={self.endpoint!r}, role={self._credentials.role!r})"
+        )
+
+
+def lance_storage_options(profile: S3Profile, creds: Credentials) -> dict[str, str]:
+    """``storage_options`` for LanceDB/Lance to open tables on ``profile``'s endpoint.
+
+    Keys are Lance's (object_store's ``aws_*`` config keys plus ``allow_http``).
+    Path-style requests, as for R2, MinIO and moto.
+
+    Concurrent commits: Lance (>= 0.24; lancedb 0.40 here) commits an ``s3://``
+    table with its ConditionalPutCommitHandler: each new version is a PUT of
+    ``_versions/<n>.manifest`` with ``If-None-Match: *``; the writer that loses
+    gets 412 and rebases/retries. That is safe only where the store makes that
+    PUT atomic: AWS S3 (since 2024-08), Cloudflare R2 and MinIO do. object_store
+    needs ``conditional_put=etag`` (its default, set here explicitly so nobody
+    disables it); no DynamoDB (``s3+ddb://``) commit store is needed. moto checks
+    ``If-None-Match`` and then writes, not atomically: it is not a valid test of
+    concurrent writers.
+
+    The result holds the secret: hand it to LanceDB, never log it.
+    """
+    options = {
+        "aws_access_key_id": creds.access_key_id,
+        "aws_secret_access_key": creds.secret_access_key,
+        "aws_endpoint": profile.endpoint,
+        "aws_region": profile.region,
+        "aws_virtual_hosted_style_request": "false",
+        "aws_conditional_put": "etag",
+        "allow_http": "true" if profile.allow_http else "false",
+    }
+    if creds.session_token:
+        options["aws_session_token"] = creds.session_token.get_secret_value()
+    return options
