@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -261,6 +262,112 @@ def reconstruct_manifest(obj: Context, target: str, as_json: bool) -> None:
         _emit_json({"manifest": where, "recording_hash": doc["recording_hash"], "files": len(doc["files"])})
     else:
         click.echo(f"{where}: {len(doc['files'])} files, recording_hash {doc['recording_hash']}", err=True)
+
+
+@cli.command()
+@click.pass_obj
+@_errors_to_exit
+def run(obj: Context) -> None:
+    """The daemon: watch, pause/resume, upload, register; stops cleanly on SIGTERM/SIGINT."""
+    from ursa_daemon.daemon import Daemon
+
+    with Daemon(obj.config) as daemon:
+        daemon.run()
+
+
+@cli.command()
+@click.argument("roots", nargs=-1, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON summary on stdout.")
+@click.pass_obj
+@_errors_to_exit
+def drain(obj: Context, roots: tuple[Path, ...], as_json: bool) -> None:
+    """Process every complete session under ROOT (default: the configured root), then exit."""
+    _logs_to_stderr(as_json)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from ursa_daemon.daemon import Daemon, install_stop_handlers
+    from ursa_daemon.sessions import scan_root
+
+    config = obj.config
+    targets = [p.resolve() for p in roots] or [config.recordings_root]
+    console = Console(stderr=True)
+    with Daemon(config) as daemon:
+        install_stop_handlers(daemon.stopping)
+        total = sum(1 for root in targets for _ in scan_root(root))
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=console,
+            disable=not console.is_terminal,
+        ) as bar:
+            sessions = bar.add_task("sessions", total=total)
+            current = bar.add_task("bytes", total=None)
+
+            def on_session(sd: Any) -> None:
+                bar.update(current, description=sd.rec_id, completed=0, total=None)
+
+            def on_progress(_rec_id: str, p: Any) -> None:
+                bar.update(current, completed=p.bytes_processed, total=p.bytes_total)
+
+            daemon.progress = on_progress
+            summary = daemon.drain(
+                targets, on_session=on_session, on_outcome=lambda _o: bar.advance(sessions)
+            )
+    if as_json:
+        _emit_json(summary.as_json())
+    else:
+        click.echo(
+            f"drain: {len(summary.registered)} registered, {len(summary.already_registered)} already registered, "
+            f"{len(summary.failed)} failed, {len(summary.rejected)} rejected; "
+            f"{summary.files_uploaded} files / {summary.bytes_uploaded:,} bytes uploaded in {summary.elapsed_s:.1f}s",
+            err=True,
+        )
+        for item in summary.failed + summary.rejected:
+            click.echo(f"  {item['rec_id']}: {item['error']}", err=True)
+    if not summary.ok:
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.pass_obj
+@_errors_to_exit
+def status(obj: Context, as_json: bool) -> None:
+    """What the state database holds: counts by state, per-session progress, last error."""
+    from ursa_daemon.state import StateDB
+
+    state = StateDB(obj.config.state_dir)
+    try:
+        sessions = state.sessions()
+        doc = {
+            "counts": state.counts(),
+            "active": state.meta("active") == "1",
+            "sessions": [s.as_json() for s in sessions],
+        }
+    finally:
+        state.close()
+    if as_json:
+        _emit_json(doc)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="ursa-daemon: " + (", ".join(f"{k} {v}" for k, v in sorted(doc["counts"].items())) or "no sessions"))
+    for col in ("rec_id", "state", "files", "bytes", "attempts", "next attempt", "last error"):
+        table.add_column(col)
+    for s in sessions:
+        table.add_row(
+            s.rec_id,
+            str(s.state),
+            f"{s.files_done}/{s.files_total}",
+            f"{s.bytes_done:,}/{s.bytes_total:,}",
+            str(s.attempts),
+            "" if s.next_attempt_at is None else time.strftime("%H:%M:%S", time.localtime(s.next_attempt_at)),
+            (s.last_error or "")[:120],
+        )
+    Console().print(table)
 
 
 @cli.command()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 from enum import StrEnum
@@ -165,6 +166,8 @@ Profile = Annotated[LocalProfile | S3Profile, Field(discriminator="kind")]
 class WatchConfig(_Frozen):
     settle_seconds: float = Field(default=30.0, ge=0)
     rescan_seconds: float = Field(default=300.0, gt=0)
+    #: how often failed sessions whose backoff expired are queued again
+    retry_check_seconds: float = Field(default=5.0, gt=0)
 
 
 class UploadConfig(_Frozen):
@@ -175,6 +178,16 @@ class UploadConfig(_Frozen):
     part_size_bytes: int = Field(default=16 << 20, ge=5 << 20)
     #: optional bandwidth cap over the whole daemon, bytes per second
     bandwidth_bytes_per_s: int | None = Field(default=None, gt=0)
+    #: local-time windows ``HH:MM-HH:MM`` when uploads may run (empty: always); may wrap midnight
+    windows: list[str] = Field(default_factory=list)
+
+    @field_validator("windows")
+    @classmethod
+    def _windows(cls, v: list[str]) -> list[str]:
+        for w in v:
+            if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d", w):
+                raise ValueError(f"window {w!r} must look like 19:00-07:00")
+        return v
 
 
 class ActivityConfig(_Frozen):

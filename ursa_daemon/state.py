@@ -78,6 +78,7 @@ MIGRATIONS: tuple[str, ...] = (
         confirmed  INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (rec_id, rel_path)
     ) WITHOUT ROWID;
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
 )
 
@@ -261,6 +262,15 @@ class StateDB:
     def forget(self, rec_id: str) -> None:
         with self._tx() as c:
             c.execute("DELETE FROM sessions WHERE rec_id = ?", (rec_id,))
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                      (key, value))
+
+    def meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
 
     # -- files ------------------------------------------------------------
 

@@ -1,0 +1,344 @@
+"""The daemon: one state machine per session, shared by ``run`` and ``drain``.
+
+``Daemon.process(rec_dir)`` takes one session through SPEC section 5's
+states, keeping every step in the SQLite state so a restart continues where
+it stopped. ``drain`` runs it over every complete session under some roots;
+``run`` adds the inotify watcher, the activity gate, the scheduler (retries,
+rescans, upload windows, systemd watchdog) and signal handling.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from datetime import time as dtime
+from pathlib import Path
+from typing import Any
+
+from ursa_daemon.activity import Activity, lower_own_priority, recorder_writing
+from ursa_daemon.api import DataInterface
+from ursa_daemon.config import Config
+from ursa_daemon.errors import CatalogRowExists, InputError, UrsaError
+from ursa_daemon.ingest import UploadProgress, ingest
+from ursa_daemon.log import get_logger
+from ursa_daemon.manifest import hash_files, load_session
+from ursa_daemon.sessions import SessionDir, scan_root, tree_signature
+from ursa_daemon.state import SessionState, StateDB, StateLock
+from ursa_daemon.uploader import RateLimiter
+
+__all__ = [
+    "Daemon",
+    "DrainSummary",
+    "Outcome",
+    "build_activity",
+    "in_upload_window",
+    "install_stop_handlers",
+    "sd_notify",
+]
+
+log = get_logger("ursa.daemon")
+
+#: retry backoff: base * 2**attempts seconds, capped, with ±25 % jitter
+DEFAULT_RETRY_BASE_S = 30.0
+DEFAULT_RETRY_CAP_S = 3600.0
+#: SIGTERM must stop the daemon within this budget (systemd TimeoutStopSec is longer)
+DEFAULT_STOP_BUDGET_S = 4.0
+
+
+@dataclass
+class Outcome:
+    """What one ``process`` call did to a session."""
+
+    rec_id: str
+    status: str  # registered, already_registered, paused, failed, rejected, skipped
+    error: str | None = None
+    files_uploaded: int = 0
+    files_skipped: int = 0
+    bytes_uploaded: int = 0
+
+
+@dataclass
+class DrainSummary:
+    registered: list[str] = field(default_factory=list)
+    already_registered: list[str] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    paused: list[str] = field(default_factory=list)
+    files_uploaded: int = 0
+    files_skipped: int = 0
+    bytes_uploaded: int = 0
+    elapsed_s: float = 0.0
+
+    def add(self, o: Outcome) -> None:
+        if o.status in ("registered", "already_registered"):
+            getattr(self, o.status).append(o.rec_id)
+        elif o.status in ("failed", "rejected"):
+            getattr(self, o.status).append({"rec_id": o.rec_id, "error": o.error or ""})
+        elif o.status == "paused":
+            self.paused.append(o.rec_id)
+        self.files_uploaded += o.files_uploaded
+        self.files_skipped += o.files_skipped
+        self.bytes_uploaded += o.bytes_uploaded
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.rejected
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "registered": self.registered,
+            "already_registered": self.already_registered,
+            "failed": self.failed,
+            "rejected": self.rejected,
+            "paused": self.paused,
+            "files_uploaded": self.files_uploaded,
+            "files_skipped": self.files_skipped,
+            "bytes_uploaded": self.bytes_uploaded,
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+def sd_notify(message: str) -> bool:
+    """Send one sd_notify datagram (READY=1, STATUS=..., WATCHDOG=1) when under systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(addr)
+            sock.sendall(message.encode())
+    except OSError:
+        return False
+    return True
+
+
+class Daemon:
+    """Owns the state lock, the state database and the write handles."""
+
+    def __init__(self, config: Config, *, activity: Activity | None = None) -> None:
+        self.config = config
+        self.lock = StateLock(config.state_dir)  # StateLocked → exit 3
+        try:
+            self.state = StateDB(config.state_dir)
+            self.data = DataInterface(config=config)
+            self.data.enable_writes(roles=("assets_rw", "raw_rw"))
+        except BaseException:
+            self.lock.close()
+            raise
+        self.limiter = RateLimiter(config.upload.bandwidth_bytes_per_s)
+        self.stopping = threading.Event()
+        self.activity = activity
+        self.progress: Callable[[str, UploadProgress], None] | None = None
+
+    def close(self) -> None:
+        self.state.close()
+        self.lock.close()
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- one session ------------------------------------------------------
+
+    def should_pause(self) -> bool:
+        """Stop the streams: the daemon is stopping, the rig records, or the window closed."""
+        return (
+            self.stopping.is_set()
+            or (self.activity is not None and self.activity.is_active())
+            or not in_upload_window(self.config.upload.windows)
+        )
+
+    def process(self, rec_dir: Path, *, signature: str | None = None) -> Outcome:
+        """Take one session as far as it goes now. Never raises for a bad or failing session."""
+        rec_id = rec_dir.name
+        root = str(rec_dir.parent)
+        if signature is None:
+            _, signature = tree_signature(rec_dir)
+        prior = self.state.session(rec_id)
+        if prior is not None and prior.signature == signature:
+            if prior.state is SessionState.REGISTERED:
+                return Outcome(rec_id, "already_registered")
+            if prior.state is SessionState.REJECTED:
+                return Outcome(rec_id, "rejected", prior.last_error)
+        if prior is None:
+            log.info("session.discovered", rec_id=rec_id)
+        elif prior.signature != signature:
+            self.state.reset_attempts(rec_id)
+        self.state.upsert_session(rec_id, root, SessionState.HASHING, signature=signature)
+        log.info("session.queued", rec_id=rec_id)
+        started = time.monotonic()
+        try:
+            return self._ingest(rec_dir, started)
+        except InputError as exc:
+            return self._reject(rec_id, str(exc))
+        except CatalogRowExists as exc:
+            return self._reject(rec_id, f"{rec_id}: {exc}")
+        except (UrsaError, OSError) as exc:
+            return self._fail(rec_id, exc)
+
+    def _ingest(self, rec_dir: Path, started: float) -> Outcome:
+        rec_id = rec_dir.name
+        session = load_session(rec_dir)
+        known = self._trusted_hashes(rec_id, rec_dir)
+        files = hash_files(rec_dir, session.files, known=known)
+        self.state.record_hashes(
+            rec_id, [(f.rel_path, f.size, _mtime_ns(rec_dir / f.rel_path), f.sha256 or "") for f in files]
+        )
+        self.state.set_state(rec_id, SessionState.UPLOADING)
+
+        def on_progress(p: UploadProgress) -> None:
+            self.state.set_progress(
+                rec_id,
+                files_done=p.files_done,
+                files_total=p.files_total,
+                bytes_done=p.bytes_processed,
+                bytes_total=p.bytes_total,
+            )
+            self.state.confirm_file(rec_id, p.current_file)
+            if self.progress is not None:
+                self.progress(rec_id, p)
+
+        result = ingest(
+            self.data,
+            rec_dir,
+            is_active=self.should_pause,
+            progress=on_progress,
+            limiter=self.limiter,
+            known_hashes={f.rel_path: f.sha256 for f in files if f.sha256},
+        )
+        if result.paused:
+            self.state.set_state(rec_id, SessionState.PAUSED)
+            return Outcome(rec_id, "paused", None, result.files_uploaded, result.files_skipped, result.bytes_uploaded)
+        assert result.recording is not None
+        self.state.set_state(rec_id, SessionState.REGISTERED, recording_hash=result.recording.recording_hash)
+        log.info(
+            "session.done",
+            rec_id=rec_id,
+            recording_hash=result.recording.recording_hash,
+            bytes_done=result.bytes_uploaded,
+            elapsed_s=round(time.monotonic() - started, 3),
+        )
+        return Outcome(rec_id, "registered", None, result.files_uploaded, result.files_skipped, result.bytes_uploaded)
+
+    def _trusted_hashes(self, rec_id: str, rec_dir: Path) -> dict[str, str]:
+        """sha256s from the state whose file still has the same size and mtime."""
+        out = {}
+        for rel, f in self.state.files(rec_id).items():
+            try:
+                st = os.lstat(rec_dir / rel)
+            except OSError:
+                continue
+            if f.sha256 and st.st_size == f.size and st.st_mtime_ns == f.mtime_ns:
+                out[rel] = f.sha256
+        return out
+
+    def _reject(self, rec_id: str, error: str) -> Outcome:
+        self.state.set_state(rec_id, SessionState.REJECTED, error=error)
+        log.warning("session.rejected", rec_id=rec_id, error=error)
+        return Outcome(rec_id, "rejected", error)
+
+    def _fail(self, rec_id: str, exc: BaseException) -> Outcome:
+        prior = self.state.session(rec_id)
+        attempts = (prior.attempts if prior else 0) + 1
+        delay = min(DEFAULT_RETRY_CAP_S, DEFAULT_RETRY_BASE_S * 2 ** (attempts - 1))
+        delay *= random.uniform(0.75, 1.25)
+        error = f"{type(exc).__name__}: {exc}"
+        self.state.set_state(
+            rec_id, SessionState.FAILED, error=error, next_attempt_at=time.time() + delay, count_attempt=True
+        )
+        log.warning("session.failed", rec_id=rec_id, error=error, attempts=attempts, retry_in_s=round(delay, 1))
+        return Outcome(rec_id, "failed", error)
+
+    # -- drain ------------------------------------------------------------
+
+    def drain(
+        self,
+        roots: list[Path],
+        *,
+        on_session: Callable[[SessionDir], None] | None = None,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> DrainSummary:
+        """Every session with a manifest under ``roots``, to the end; one failure stops nothing."""
+        started = time.monotonic()
+        summary = DrainSummary()
+        for root in roots:
+            for sd in scan_root(root):
+                if self.stopping.is_set():
+                    break
+                if not sd.has_manifest:
+                    if sd.settled(self.config.watch.settle_seconds):
+                        o = self._reject(
+                            sd.rec_id,
+                            f"{sd.rec_id}: no manifest.json and no _node_manifests/*.json; if the rig "
+                            "will not write one, run `ursa-daemon reconstruct-manifest`",
+                        )
+                        summary.add(o)
+                    continue
+                if on_session is not None:
+                    on_session(sd)
+                outcome = self.process(sd.path, signature=sd.signature)
+                summary.add(outcome)
+                if on_outcome is not None:
+                    on_outcome(outcome)
+        summary.elapsed_s = time.monotonic() - started
+        return summary
+
+    # -- run --------------------------------------------------------------
+
+    def run(self) -> None:
+        """Watch, pause and resume, upload, register, until SIGTERM/SIGINT."""
+        from ursa_daemon.watch import Runner
+
+        lower_own_priority()
+        Runner(self).run()
+
+
+def in_upload_window(windows: list[str], now: datetime | None = None) -> bool:
+    """True when no windows are configured, or local time is inside one ``HH:MM-HH:MM``
+    (a window may wrap midnight: ``19:00-07:00``)."""
+    if not windows:
+        return True
+    t = (now or datetime.now()).time()
+    for w in windows:
+        start_s, end_s = w.split("-")
+        start, end = dtime.fromisoformat(start_s), dtime.fromisoformat(end_s)
+        inside = start <= t < end if start <= end else (t >= start or t < end)
+        if inside:
+            return True
+    return False
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return os.lstat(path).st_mtime_ns
+    except OSError:
+        return 0
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT set ``stop``; the streams see it before their next chunk."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("daemon.stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def build_activity(config: Config) -> Activity:
+    cfg = config.activity
+    root = config.recordings_root
+    probe = (lambda: recorder_writing(cfg.recorder_processes, root)) if cfg.recorder_processes else None
+    return Activity(quiet_seconds=cfg.quiet_seconds, flag_file=cfg.flag_file, probe=probe)

@@ -1,0 +1,98 @@
+"""Which sessions exist under a root, and which are complete (SPEC section 2).
+
+A session is complete when ``manifest.json`` (or a ``_node_manifests/*.json``)
+exists and nothing under its directory has changed for ``settle_seconds``.
+Non-``rec_*`` directories and files at the root are left alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ursa_daemon.manifest import MANIFEST_NAME, NODE_MANIFEST_DIR, REC_ID_RE
+
+__all__ = ["SessionDir", "has_manifest", "scan_root", "session_of", "tree_signature"]
+
+
+@dataclass(frozen=True)
+class SessionDir:
+    """A session directory as seen by one scan."""
+
+    path: Path
+    #: newest mtime (seconds) of anything under the directory
+    last_change: float
+    #: changes whenever any entry's name, size or mtime changes
+    signature: str
+    has_manifest: bool
+
+    @property
+    def rec_id(self) -> str:
+        return self.path.name
+
+    def settled(self, settle_seconds: float, now: float | None = None) -> bool:
+        return (now if now is not None else time.time()) - self.last_change >= settle_seconds
+
+    def complete(self, settle_seconds: float, now: float | None = None) -> bool:
+        return self.has_manifest and self.settled(settle_seconds, now)
+
+
+def has_manifest(rec_dir: Path) -> bool:
+    if (rec_dir / MANIFEST_NAME).is_file():
+        return True
+    nodes = rec_dir / NODE_MANIFEST_DIR
+    return nodes.is_dir() and any(p.suffix == ".json" for p in nodes.iterdir())
+
+
+def tree_signature(rec_dir: Path) -> tuple[float, str]:
+    """(newest mtime, digest of every entry's path, size and mtime). Links are not followed."""
+    h = hashlib.sha256()
+    newest = os.lstat(rec_dir).st_mtime
+    stack = [rec_dir]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        for e in entries:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            newest = max(newest, st.st_mtime)
+            h.update(f"{e.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+            if e.is_dir(follow_symlinks=False):
+                stack.append(Path(e.path))
+    return newest, h.hexdigest()
+
+
+def scan_root(root: Path) -> Iterator[SessionDir]:
+    """Every ``rec_*`` directory directly under ``root``, sorted by name."""
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except FileNotFoundError:
+        return
+    for e in entries:
+        if e.is_dir(follow_symlinks=False) and REC_ID_RE.match(e.name):
+            path = Path(e.path)
+            try:
+                newest, sig = tree_signature(path)
+            except FileNotFoundError:
+                continue
+            yield SessionDir(path, newest, sig, has_manifest(path))
+
+
+def session_of(root: Path, path: str | os.PathLike[str]) -> Path | None:
+    """The session directory an event path lies in, or None when it is not in one."""
+    try:
+        rel = Path(path).relative_to(root)
+    except ValueError:
+        return None
+    if not rel.parts or not REC_ID_RE.match(rel.parts[0]):
+        return None
+    return root / rel.parts[0]

@@ -1,0 +1,220 @@
+"""``ursa-daemon run``: the inotify watcher, the scheduler and the main loop.
+
+- A watchdog observer on ``recordings_root`` notes every change under a
+  ``rec_*`` directory; a write inside a session without a manifest is rig
+  activity (the rig is recording) and pauses uploads.
+- A full scan at start-up and every ``watch.rescan_seconds`` is the safety net
+  for missed events; failed sessions come back when their backoff expires.
+- One worker processes one session at a time; the rig's activity, an upload
+  window, or SIGTERM stop its streams before their next chunk.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirModifiedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+from ursa_daemon.log import get_logger
+from ursa_daemon.sessions import has_manifest, scan_root, session_of, tree_signature
+from ursa_daemon.state import SessionState
+
+if TYPE_CHECKING:
+    from ursa_daemon.daemon import Daemon
+
+__all__ = ["Runner"]
+
+log = get_logger("ursa.daemon")
+
+#: events that mean "bytes or names changed" (reads and opens are not changes)
+_CHANGE_EVENTS = (
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileClosedEvent,
+    DirCreatedEvent,
+    DirModifiedEvent,
+)
+TICK_S = 0.5
+HEARTBEAT_S = 5.0
+
+
+class _Events(FileSystemEventHandler):
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, _CHANGE_EVENTS):
+            path = event.src_path if isinstance(event.src_path, str) else event.src_path.decode()
+            self.runner.changed(path)
+
+
+class Runner:
+    """The long-running loop around a :class:`Daemon`."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        from ursa_daemon.daemon import build_activity
+
+        self.daemon = daemon
+        self.config = daemon.config
+        self.root = Path(self.config.recordings_root)
+        if daemon.activity is None:
+            daemon.activity = build_activity(self.config)
+        self.activity = daemon.activity
+        self.last_change: dict[Path, float] = {}
+        self.lock = threading.Lock()
+        self.rescan_due = threading.Event()
+        self.rescan_due.set()
+        self.active_reported = False
+
+    # -- events -----------------------------------------------------------
+
+    def changed(self, path: str) -> None:
+        rec_dir = session_of(self.root, path)
+        if rec_dir is None:
+            return
+        with self.lock:
+            self.last_change[rec_dir] = time.time()
+        if not has_manifest(rec_dir):
+            self.activity.touch()  # the rig is writing a session that is not complete
+
+    # -- loop -------------------------------------------------------------
+
+    def run(self) -> None:
+        from ursa_daemon.daemon import install_stop_handlers, sd_notify
+
+        stop = self.daemon.stopping
+        install_stop_handlers(stop)
+        self.root.mkdir(parents=True, exist_ok=True)
+        observer = Observer()
+        observer.schedule(_Events(self), str(self.root), recursive=True)
+        observer.start()
+        scheduler = BackgroundScheduler(daemon=True)
+        scheduler.add_job(self.rescan_due.set, "interval", seconds=self.config.watch.rescan_seconds, id="rescan")
+        scheduler.add_job(self._heartbeat, "interval", seconds=HEARTBEAT_S, id="heartbeat")
+        scheduler.add_job(
+            self._queue_due_retries, "interval", seconds=self.config.watch.retry_check_seconds, id="retries"
+        )
+        scheduler.start()
+        log.info("daemon.started", root=str(self.root), profile=self.config.profile)
+        sd_notify("READY=1\nSTATUS=watching " + str(self.root))
+        try:
+            while not stop.is_set():
+                rec_dir = self._next_session()
+                if rec_dir is None:
+                    stop.wait(TICK_S)
+                    continue
+                outcome = self.daemon.process(rec_dir)
+                if outcome.status == "paused":
+                    log.info("session.paused", rec_id=outcome.rec_id, bytes_done=outcome.bytes_uploaded)
+                    self._wait_until_quiet()
+        finally:
+            sd_notify("STOPPING=1")
+            scheduler.shutdown(wait=False)
+            observer.stop()
+            observer.join(timeout=2)
+            log.info("daemon.stopped")
+
+    def _heartbeat(self) -> None:
+        from ursa_daemon.daemon import sd_notify
+
+        active = self.activity.is_active()
+        if active != self.active_reported:
+            self.active_reported = active
+            self.daemon.state.set_meta("active", "1" if active else "0")
+        counts = self.daemon.state.counts()
+        status = ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "idle"
+        sd_notify(f"WATCHDOG=1\nSTATUS={'recording, paused; ' if active else ''}{status}")
+
+    def _queue_due_retries(self) -> None:
+        """Failed sessions whose backoff has expired become candidates again."""
+        now = time.time()
+        for rec in self.daemon.state.sessions(SessionState.FAILED):
+            if (rec.next_attempt_at or 0) <= now:
+                rec_dir = Path(rec.root) / rec.rec_id
+                with self.lock:
+                    self.last_change.setdefault(rec_dir, 0.0)
+
+    def _wait_until_quiet(self) -> None:
+        stop = self.daemon.stopping
+        while not stop.is_set() and self.daemon.should_pause():
+            stop.wait(TICK_S)
+        if not stop.is_set():
+            log.info("session.resumed")
+
+    def _next_session(self) -> Path | None:
+        """The next complete session that needs work, or None."""
+        if self.daemon.should_pause():
+            return None
+        if self.rescan_due.is_set():
+            self.rescan_due.clear()
+            self._full_scan()
+        settle = self.config.watch.settle_seconds
+        now = time.time()
+        with self.lock:
+            candidates = sorted(self.last_change.items(), key=lambda kv: kv[1])
+        for rec_dir, changed_at in candidates:
+            if now - changed_at < settle:
+                continue
+            if not rec_dir.is_dir():
+                with self.lock:
+                    self.last_change.pop(rec_dir, None)
+                continue
+            if not has_manifest(rec_dir):
+                continue
+            newest, _ = tree_signature(rec_dir)
+            if now - newest < settle:
+                with self.lock:
+                    self.last_change[rec_dir] = newest
+                continue
+            if self._needs_work(rec_dir, now):
+                return rec_dir
+            with self.lock:
+                if self.last_change.get(rec_dir) == changed_at:
+                    del self.last_change[rec_dir]
+        return None
+
+    def _needs_work(self, rec_dir: Path, now: float) -> bool:
+        rec = self.daemon.state.session(rec_dir.name)
+        if rec is None:
+            return True
+        if rec.state in (SessionState.REGISTERED, SessionState.REJECTED):
+            _, sig = tree_signature(rec_dir)
+            return sig != rec.signature
+        if rec.state is SessionState.FAILED and rec.next_attempt_at and rec.next_attempt_at > now:
+            return False
+        return True
+
+    def _full_scan(self) -> None:
+        """Every session under the root becomes a candidate (settle still applies)."""
+        now = time.time()
+        found = 0
+        for sd in scan_root(self.root):
+            found += 1
+            rec = self.daemon.state.session(sd.rec_id)
+            if rec is not None and rec.signature == sd.signature and rec.state in (
+                SessionState.REGISTERED,
+                SessionState.REJECTED,
+            ):
+                continue
+            if rec is not None and rec.state is SessionState.FAILED and (rec.next_attempt_at or 0) > now:
+                continue
+            with self.lock:
+                self.last_change[sd.path] = min(self.last_change.get(sd.path, sd.last_change), sd.last_change)
+        log.debug("daemon.rescan", sessions=found)
