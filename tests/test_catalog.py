@@ -148,6 +148,17 @@ def test_open_creates_every_table_once(target: tuple[str, dict[str, str] | None]
     assert Catalog.open(uri, storage_options=options).table_versions() == versions  # reopening creates nothing
 
 
+def test_a_table_from_another_version_is_refused_with_a_fix(tmp_path: Path) -> None:
+    import lancedb
+    import pyarrow as pa
+
+    old_schema = pa.schema([("recording_hash", pa.string())])
+    lancedb.connect(str(tmp_path / "old")).create_table("modalities", schema=old_schema)
+    catalog = Catalog.open(str(tmp_path / "old"))
+    with pytest.raises(CatalogError, match="lacks columns .*modality_key.* new catalog"):
+        catalog.query(modalities=["eeg"])
+
+
 def test_read_only_catalog_refuses_writes_and_reads_missing_tables_as_empty(tmp_path: Path) -> None:
     ro = Catalog.open(str(tmp_path / "nothing-yet"), writable=False)
     assert ro.list_recordings() == []
@@ -349,9 +360,7 @@ def test_rows_round_trip_exactly(catalog: Catalog) -> None:
     assert catalog.get_modality(h(1), "eeg") is None  # worker_id is part of the key
 
 
-def test_a_row_inserted_between_check_and_commit_is_caught(
-    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_row_inserted_between_check_and_commit_is_caught(catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
     catalog.register_recording(recording(1, ["alice"]))
     real = Catalog._fetch_by_keys
     missed: list[bool] = []

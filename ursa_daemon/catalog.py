@@ -368,6 +368,9 @@ class _TableSpec:
     model: type[CatalogRow]
     schema: pa.Schema
     indexes: tuple[tuple[str, IndexKind], ...]
+    #: A derived single-column key for ``merge_insert``: Lance joins through a scalar
+    #: index only on one column, so a composite key would scan the whole table.
+    merge_key: str | None = None
 
     @property
     def name(self) -> str:
@@ -379,7 +382,12 @@ class _TableSpec:
 
     @property
     def columns(self) -> list[str]:
-        return list(self.schema.names)
+        """The row model's columns (what reads select)."""
+        return list(self.model.model_fields)
+
+    @property
+    def merge_on(self) -> list[str]:
+        return [self.merge_key] if self.merge_key else list(self.pk)
 
     def column_type(self, column: str) -> pa.DataType:
         return self.schema.field(column).type
@@ -389,15 +397,25 @@ class _TableSpec:
         return frozenset(n for n in self.columns if n in _JSON_COLUMNS)
 
 
+def _derived_key(row: CatalogRow) -> str:
+    """``recording_hash/modality/worker_id``: no key part can hold a ``/``."""
+    return "/".join(str(v) for v in row.primary_key())
+
+
 _JSON_COLUMNS = frozenset({"metadata", "device_info", "channel_spec"})
 _ENUM_COLUMNS: dict[str, type[StrEnum]] = {"ingestion_status": IngestionStatus, "format": StorageFormat}
 
 
-def _spec(model: type[CatalogRow], fields: list[tuple[str, pa.DataType]], *indexes: tuple[str, IndexKind]) -> _TableSpec:
+def _spec(
+    model: type[CatalogRow],
+    fields: list[tuple[str, pa.DataType]],
+    *indexes: tuple[str, IndexKind],
+    merge_key: str | None = None,
+) -> _TableSpec:
     names = [n for n, _ in fields]
-    if names != list(model.model_fields):
+    if names != [*model.model_fields, *([merge_key] if merge_key else [])]:
         raise AssertionError(f"{model.__name__}: schema {names} != fields {list(model.model_fields)}")
-    return _TableSpec(model, pa.schema(fields), tuple(indexes))
+    return _TableSpec(model, pa.schema(fields), tuple(indexes), merge_key)
 
 
 _SPECS: dict[str, _TableSpec] = {
@@ -440,9 +458,12 @@ _SPECS: dict[str, _TableSpec] = {
                 ("file_count", _I64),
                 ("byte_count", _I64),
                 ("metadata", _STR),
+                ("modality_key", _STR),
             ],
             ("recording_hash", "BTREE"),
             ("modality", "BITMAP"),
+            ("modality_key", "BTREE"),
+            merge_key="modality_key",
         ),
         _spec(
             EventRow,
@@ -552,9 +573,9 @@ def _encode_value(column: str, value: Any) -> Any:
 
 
 def _to_arrow(spec: _TableSpec, rows: Sequence[CatalogRow]) -> pa.Table:
-    arrays = [
-        pa.array([_encode_value(f.name, getattr(r, f.name)) for r in rows], type=f.type) for f in spec.schema
-    ]
+    arrays = [pa.array([_encode_value(c, getattr(r, c)) for r in rows], type=spec.column_type(c)) for c in spec.columns]
+    if spec.merge_key:
+        arrays.append(pa.array([_derived_key(r) for r in rows], type=_STR))
     return pa.Table.from_arrays(arrays, schema=spec.schema)
 
 
@@ -799,9 +820,7 @@ def _event_loop() -> _EventLoop:
 class Catalog:
     """A LanceDB catalog at one URI. Open with :meth:`open`; thread-safe."""
 
-    def __init__(
-        self, db: AsyncConnection, *, uri: str, existing: set[str], writable: bool, loop: _EventLoop
-    ) -> None:
+    def __init__(self, db: AsyncConnection, *, uri: str, existing: set[str], writable: bool, loop: _EventLoop) -> None:
         self._db = db
         self._uri = uri
         self._existing = existing
@@ -888,7 +907,7 @@ class Catalog:
             if spec.name not in self._tables:
                 if spec.name not in self._existing:
                     return None
-                self._tables[spec.name] = self._run(self._db.open_table(spec.name), f"open table {spec.name}")
+                self._tables[spec.name] = self._run(_open_table(self._db, spec), f"open table {spec.name}")
             return self._tables[spec.name]
 
     def _catch_up(self) -> None:
@@ -953,7 +972,7 @@ class Catalog:
     ) -> pa.Table:
         cols = list(columns) if columns is not None else spec.columns
         if table is None:
-            return spec.schema.empty_table().select(cols)
+            return spec.schema.empty_table().select(cols)  # a missing table reads as empty
         query = table.query().select(cols)
         if where:
             query = query.where(where)
@@ -999,9 +1018,7 @@ class Catalog:
         rows = self._rows(spec, _and(f"{c} = {_sql_literal(key[c])}" for c in spec.pk))
         return rows[0] if rows else None
 
-    def _scan_in(
-        self, spec: _TableSpec, column: str, values: Sequence[Any], also: str | None = None
-    ) -> list[pa.Table]:
+    def _scan_in(self, spec: _TableSpec, column: str, values: Sequence[Any], also: str | None = None) -> list[pa.Table]:
         """Rows whose ``column`` is in ``values`` (and match ``also``).
 
         Short lists go to Lance as ``IN`` filters (index lookups); long ones as one
@@ -1071,7 +1088,7 @@ class Catalog:
             return
         spec = write.spec
         table = self._writable_table(spec)
-        builder = table.merge_insert(list(spec.pk))
+        builder = table.merge_insert(spec.merge_on)
         if write.replaced:
             builder = builder.when_matched_update_all()
         builder = builder.when_not_matched_insert_all()
@@ -1463,6 +1480,19 @@ async def _list_tables(db: AsyncConnection) -> set[str]:
         token = page.page_token
         if not token:
             return names
+
+
+async def _open_table(db: AsyncConnection, spec: _TableSpec) -> AsyncTable:
+    """Open ``spec``'s table and check it has every column we read and write."""
+    table = await db.open_table(spec.name)
+    present = set((await table.schema()).names)
+    missing = [c for c in spec.schema.names if c not in present]
+    if missing:
+        raise CatalogError(
+            f"table {spec.name} lacks columns {missing}: it was made by another version of "
+            "ursa-daemon; migrate it or point ACTIVE.json at a new catalog"
+        )
+    return table
 
 
 async def _checkout_latest(table: AsyncTable) -> None:

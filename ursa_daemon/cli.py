@@ -376,6 +376,9 @@ def status(obj: Context, as_json: bool) -> None:
 def demo(obj: Context) -> None:
     """Make a sample rig session and run the whole path on the local profile."""
     from ursa_daemon.demo import run_demo
+    from ursa_daemon.log import setup_logging
+
+    setup_logging(stream=sys.stderr, level="WARNING")  # the demo narrates on its own
 
     run_demo(obj.config)
 

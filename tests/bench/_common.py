@@ -111,6 +111,13 @@ def check_disk(path: Path, need_bytes: int) -> None:
         raise SystemExit(f"{path}: {free / GiB:.1f} GiB free, this benchmark needs {need_bytes / GiB:.1f} GiB")
 
 
+def quiet_logs() -> None:
+    """The library's log lines at WARNING and above, on stderr (the table owns stdout)."""
+    from ursa_daemon.log import setup_logging
+
+    setup_logging(json=True, level="WARNING", stream=sys.stderr)
+
+
 # -- credentials and configs ----------------------------------------------------------
 
 
