@@ -168,12 +168,13 @@ def open_catalog(profile: LocalProfile | S3Profile, role: Role | str) -> Catalog
     role = Role(role)
     store = get_store(profile, role)
     prefix = _read_or_create_pointer(store)
-    if isinstance(profile, LocalProfile):
+    if isinstance(profile, LocalProfile):  # one handle serves reads and writes
         return Catalog.open(str(Path(profile.root) / "assets" / prefix))
     creds = resolve_credentials(profile, role)
     return Catalog.open(
         f"s3://{profile.assets_bucket}/{prefix}",
         storage_options=lance_storage_options(profile, creds),
+        writable=role is Role.ASSETS_RW,
     )
 
 

@@ -65,8 +65,8 @@ from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import lancedb
-import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow as pa  # type: ignore[import-untyped]
+import pyarrow.compute as pc  # type: ignore[import-untyped]
 from lancedb.db import AsyncConnection
 from lancedb.index import Bitmap, BTree, LabelList
 from lancedb.query import ColumnOrdering
@@ -892,7 +892,7 @@ class Catalog:
     def _create_table(self, spec: _TableSpec) -> None:
         async def create() -> AsyncTable:
             table = await self._db.create_table(spec.name, schema=spec.schema, exist_ok=True)
-            await _ensure_indexes(table, spec, replace=False)
+            await _ensure_indexes(table, spec)
             return table
 
         self._tables[spec.name] = self._run(create(), f"create table {spec.name}")
@@ -951,7 +951,7 @@ class Catalog:
         async def optimize(table: AsyncTable, spec: _TableSpec) -> None:
             await _checkout_latest(table)
             await table.optimize()
-            await _ensure_indexes(table, spec, replace=True)
+            await _ensure_indexes(table, spec)
 
         for spec in _SPECS.values():
             table = self._writable_table(spec)
@@ -1500,12 +1500,12 @@ async def _checkout_latest(table: AsyncTable) -> None:
     await table.checkout_latest()  # type: ignore[no-untyped-call]
 
 
-async def _ensure_indexes(table: AsyncTable, spec: _TableSpec, *, replace: bool) -> None:
+async def _ensure_indexes(table: AsyncTable, spec: _TableSpec) -> None:
     """Create the scalar indexes of ``spec`` that ``table`` lacks (an empty table can be indexed)."""
     indexed = {tuple(ix.columns) for ix in await table.list_indices()}
     for column, kind in spec.indexes:
         if (column,) not in indexed:
-            await table.create_index(column, config=_INDEX_CONFIGS[kind](), replace=replace)
+            await table.create_index(column, config=_INDEX_CONFIGS[kind](), replace=False)
 
 
 def _redact(uri: str) -> str:

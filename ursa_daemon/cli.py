@@ -383,6 +383,37 @@ def demo(obj: Context) -> None:
     run_demo(obj.config)
 
 
+@cli.command("check-config")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.pass_obj
+@_errors_to_exit
+def check_config_cmd(obj: Context, as_json: bool) -> None:
+    """Validate the config, resolve each role's credentials and probe its bucket.
+
+    Read roles are listed, write roles put, head and delete a tiny object under
+    ursa/probe/ (local profile: the directories must be writable). Secrets are
+    never shown. Exit 0: all good; 1: some check failed; 2: the config is invalid.
+    """
+    _logs_to_stderr(as_json)
+    from ursa_daemon.checkconfig import check_config
+
+    try:
+        config = obj.config
+    except ConfigError as exc:
+        if as_json:
+            _emit_json({"config": exc.path or obj.config_path, "ok": False, "config_error": str(exc), "key": exc.key})
+        click.echo(f"config error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    report = check_config(config)
+    if as_json:
+        _emit_json(report.as_json())
+    else:
+        for line in report.lines():
+            click.echo(line, err=True)
+    if not report.ok:
+        sys.exit(EXIT_FAILED)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     try:

@@ -35,6 +35,7 @@ __all__ = [
     "CredentialSource",
     "Credentials",
     "LocalProfile",
+    "MetricsConfig",
     "Role",
     "S3Profile",
     "UploadConfig",
@@ -196,6 +197,29 @@ class ActivityConfig(_Frozen):
     recorder_processes: list[str] = Field(default_factory=list)
 
 
+class MetricsConfig(_Frozen):
+    """The optional Prometheus endpoint (``/metrics``) of ``run`` and ``drain``; loopback only."""
+
+    enabled: bool = False
+    port: int = Field(default=9464, ge=1, le=65535)
+    host: str = "127.0.0.1"
+
+    @field_validator("host")
+    @classmethod
+    def _loopback(cls, v: str) -> str:
+        import ipaddress
+
+        if v == "localhost":
+            return v
+        try:
+            loopback = ipaddress.ip_address(v).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError("metrics.host must be a loopback address (127.0.0.1, ::1 or localhost)")
+        return v
+
+
 class Config(_Frozen):
     """The whole configuration. Only ``cli`` and ``daemon`` see all of it."""
 
@@ -206,6 +230,7 @@ class Config(_Frozen):
     watch: WatchConfig = WatchConfig()
     upload: UploadConfig = UploadConfig()
     activity: ActivityConfig = ActivityConfig()
+    metrics: MetricsConfig = MetricsConfig()
     #: the file it was read from (set by ``load_config``)
     source: Path | None = None
 

@@ -330,14 +330,14 @@ def register_session(
     """
     catalog = data._write_catalog()
     participants, recording, modalities = session_rows(data.profile, span, files, doc, participant=participant)
-    new_participants = [p for p in participants if catalog.get_participant(p.participant_id) is None]
     policy = "overwrite" if overwrite else "error"
     row = catalog.register_session(
-        participants=new_participants,
+        participants=participants,
         recording=recording,
         modalities=modalities,
         on_conflict_recording=policy,
         on_conflict_modality=policy,
+        on_conflict_participant="keep",
     )
     log.info("session.registered", rec_id=span.rec_id, recording_hash=recording.recording_hash)
     return row

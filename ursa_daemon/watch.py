@@ -53,6 +53,8 @@ _CHANGE_EVENTS = (
 )
 TICK_S = 0.5
 HEARTBEAT_S = 5.0
+#: how often the catalog is compacted when sessions were registered since the last time
+OPTIMIZE_S = 600.0
 
 
 class _Events(FileSystemEventHandler):
@@ -81,6 +83,7 @@ class Runner:
         self.lock = threading.Lock()
         self.rescan_due = threading.Event()
         self.rescan_due.set()
+        self.optimize_due = threading.Event()
         self.active_reported = False
 
     # -- events -----------------------------------------------------------
@@ -98,6 +101,7 @@ class Runner:
 
     def run(self) -> None:
         from ursa_daemon.daemon import install_stop_handlers, sd_notify
+        from ursa_daemon.metrics import serve as serve_metrics
 
         stop = self.daemon.stopping
         install_stop_handlers(stop)
@@ -108,14 +112,20 @@ class Runner:
         scheduler = BackgroundScheduler(daemon=True)
         scheduler.add_job(self.rescan_due.set, "interval", seconds=self.config.watch.rescan_seconds, id="rescan")
         scheduler.add_job(self._heartbeat, "interval", seconds=HEARTBEAT_S, id="heartbeat")
+        # the catalog is only ever written from the main loop: the job just raises a flag
+        scheduler.add_job(self.optimize_due.set, "interval", seconds=OPTIMIZE_S, id="optimize")
         scheduler.add_job(
             self._queue_due_retries, "interval", seconds=self.config.watch.retry_check_seconds, id="retries"
         )
         scheduler.start()
+        metrics_server = serve_metrics(self.config, self.daemon.state, pending_dirs=self._queued_dirs)
         log.info("daemon.started", root=str(self.root), profile=self.config.profile)
         sd_notify("READY=1\nSTATUS=watching " + str(self.root))
         try:
             while not stop.is_set():
+                if self.optimize_due.is_set() and not self.daemon.should_pause():
+                    self.optimize_due.clear()
+                    self.daemon.optimize_catalog()
                 rec_dir = self._next_session()
                 if rec_dir is None:
                     stop.wait(TICK_S)
@@ -126,6 +136,7 @@ class Runner:
                     self._wait_until_quiet()
         finally:
             sd_notify("STOPPING=1")
+            metrics_server.close()
             scheduler.shutdown(wait=False)
             observer.stop()
             observer.join(timeout=2)
@@ -141,6 +152,11 @@ class Runner:
         counts = self.daemon.state.counts()
         status = ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "idle"
         sd_notify(f"WATCHDOG=1\nSTATUS={'recording, paused; ' if active else ''}{status}")
+
+    def _queued_dirs(self) -> list[Path]:
+        """Session directories waiting for the worker (for the metrics' oldest pending age)."""
+        with self.lock:
+            return list(self.last_change)
 
     def _queue_due_retries(self) -> None:
         """Failed sessions whose backoff has expired become candidates again."""

@@ -18,7 +18,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
+import logging
 import mmap
 import os
 import shutil
@@ -28,16 +31,49 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from tests.conftest import MOTO_KEY_ID, MOTO_SECRET, s3_config_dict  # noqa: E402
+
+def _load_conftest() -> Any:
+    """tests/conftest.py by path: its moto credentials and ``s3_config_dict``.
+
+    Loaded by file, not by putting the repo on ``sys.path``, so ``ursa_daemon``
+    still comes from wherever the interpreter finds it (the editable install, or
+    a scratch copy put first on ``PYTHONPATH`` to measure a change).
+    """
+    spec = importlib.util.spec_from_file_location("_ursa_bench_conftest", REPO / "tests" / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    # conftest needs nothing of pytest at import but ``pytest.fixture``; a stand-in
+    # keeps pytest (16 MiB of RSS) out of the processes the memory benchmark measures.
+    stub = None
+    if "pytest" not in sys.modules:
+        stub = types.ModuleType("pytest")
+
+        def fixture(*args: Any, **kwargs: Any) -> Any:
+            return args[0] if args and callable(args[0]) and not kwargs else (lambda f: f)
+
+        stub.fixture = fixture  # type: ignore[attr-defined]
+        sys.modules["pytest"] = stub
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if stub is not None and sys.modules.get("pytest") is stub:
+            del sys.modules["pytest"]
+    return module
+
+
+_conftest = _load_conftest()
+MOTO_KEY_ID: str = _conftest.MOTO_KEY_ID
+MOTO_SECRET: str = _conftest.MOTO_SECRET
+s3_config_dict = _conftest.s3_config_dict
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -116,6 +152,34 @@ def quiet_logs() -> None:
     from ursa_daemon.log import setup_logging
 
     setup_logging(json=True, level="WARNING", stream=sys.stderr)
+    # boto3 with more threads than its pool: a harmless warning per request
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+
+def add_upload_args(parser: argparse.ArgumentParser) -> None:
+    """``--part-mib`` / ``--per-file`` / ``--files-at-once``: override ours' UploadConfig (default: none)."""
+    g = parser.add_argument_group("our upload config (default: the library's UploadConfig defaults)")
+    g.add_argument("--part-mib", type=int, default=None, help="upload.part_size_bytes in MiB")
+    g.add_argument("--per-file", type=int, default=None, help="upload.max_concurrency_per_file")
+    g.add_argument("--files-at-once", type=int, default=None, help="upload.max_concurrent_files")
+
+
+def upload_overrides(args: argparse.Namespace) -> dict[str, int]:
+    out: dict[str, int] = {}
+    if getattr(args, "part_mib", None):
+        out["part_size_bytes"] = args.part_mib * MiB
+    if getattr(args, "per_file", None):
+        out["max_concurrency_per_file"] = args.per_file
+    if getattr(args, "files_at_once", None):
+        out["max_concurrent_files"] = args.files_at_once
+    return out
+
+
+def upload_config_used(overrides: dict[str, int]) -> dict[str, Any]:
+    """The UploadConfig ours runs with (defaults plus ``overrides``), for the JSON line."""
+    from ursa_daemon.config import UploadConfig
+
+    return UploadConfig(**overrides).model_dump()
 
 
 # -- credentials and configs ----------------------------------------------------------
@@ -131,14 +195,17 @@ def set_credentials_env() -> None:
     os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 
 
-def s3_data(endpoint: str, raw: str, assets: str, root: Path) -> Any:
-    """A writable DataInterface on an ``s3`` profile at ``endpoint`` (default upload config)."""
+def s3_data(endpoint: str, raw: str, assets: str, root: Path, upload: dict[str, int] | None = None) -> Any:
+    """A writable DataInterface on an ``s3`` profile at ``endpoint`` (``upload``: UploadConfig overrides)."""
     from ursa_daemon.api import DataInterface
     from ursa_daemon.config import config_from_dict
 
     set_credentials_env()
     root.mkdir(parents=True, exist_ok=True)
-    data = DataInterface(config=config_from_dict(s3_config_dict(endpoint, raw, assets, root), base_dir=root))
+    raw_cfg = s3_config_dict(endpoint, raw, assets, root)
+    if upload:
+        raw_cfg["upload"] = dict(upload)
+    data = DataInterface(config=config_from_dict(raw_cfg, base_dir=root))
     data.enable_writes(roles=("assets_rw", "raw_rw"))
     return data
 
@@ -347,10 +414,8 @@ def _proxy_main(port: int, target_port: int, stats_path: str) -> None:
             pass
         finally:
             for s, how in ((dst, socket.SHUT_WR), (src, socket.SHUT_RD)):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(how)
-                except OSError:
-                    pass
 
     def handle(client: socket.socket) -> None:
         try:

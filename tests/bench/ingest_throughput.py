@@ -57,6 +57,7 @@ from _common import (  # noqa: E402
     MOTO_SECRET,
     MiB,
     MotoProcess,
+    add_upload_args,
     boto3_client,
     data_bytes,
     emit_json,
@@ -68,6 +69,8 @@ from _common import (  # noqa: E402
     quiet_logs,
     s3_data,
     session_files,
+    upload_config_used,
+    upload_overrides,
     warm,
 )
 
@@ -84,10 +87,12 @@ def cpu_now() -> float:
 # -- the clients ------------------------------------------------------------------------
 
 
-def run_ours(moto: MotoProcess, rec: Path, bucket: str, assets: str, scratch: Path) -> Callable[[], None]:
+def run_ours(
+    moto: MotoProcess, rec: Path, bucket: str, assets: str, scratch: Path, upload: dict[str, int]
+) -> Callable[[], None]:
     from ursa_daemon.ingest import ingest
 
-    data = s3_data(moto.endpoint, bucket, assets, scratch)
+    data = s3_data(moto.endpoint, bucket, assets, scratch, upload)
 
     def go() -> None:
         res = ingest(data, rec)
@@ -201,7 +206,9 @@ def _raw_multipart_file(port: int, bucket: str, key: str, path: Path, per_file: 
                         break
                     number, off = parts.pop(0)
                 n = os.preadv(f.fileno(), [buf], off)
-                _, resp = call(c, "PUT", f"/{bucket}/{key}?partNumber={number}&uploadId={upload_id}", memoryview(buf)[:n])
+                _, resp = call(
+                    c, "PUT", f"/{bucket}/{key}?partNumber={number}&uploadId={upload_id}", memoryview(buf)[:n]
+                )
                 with lock:
                     etags[number] = resp.getheader("ETag")
         c.close()
@@ -212,7 +219,12 @@ def _raw_multipart_file(port: int, bucket: str, key: str, path: Path, per_file: 
     for t in lanes:
         t.join()
     xml = "".join(f"<Part><PartNumber>{n}</PartNumber><ETag>{etags[n]}</ETag></Part>" for n in sorted(etags))
-    call(conn, "POST", f"/{bucket}/{key}?uploadId={upload_id}", f"<CompleteMultipartUpload>{xml}</CompleteMultipartUpload>".encode())
+    call(
+        conn,
+        "POST",
+        f"/{bucket}/{key}?uploadId={upload_id}",
+        f"<CompleteMultipartUpload>{xml}</CompleteMultipartUpload>".encode(),
+    )
     conn.close()
 
 
@@ -240,7 +252,7 @@ def one_run(name: str, moto: MotoProcess, rec: Path, nbytes: int, args: argparse
     scratch = Path(tempfile.mkdtemp(prefix="ursa-bench-"))
     try:
         if name == "ours":
-            go = run_ours(moto, rec, raw, assets, scratch)
+            go = run_ours(moto, rec, raw, assets, scratch, upload_overrides(args))
         elif name == "boto3":
             go = run_boto3(moto, rec, raw, args.boto3_mode)
         elif name == "rclone":
@@ -276,6 +288,7 @@ def main() -> int:
     parser.add_argument("--ref-trials", type=int, default=1, help="runs of each raw reference (0: skip)")
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS))
     parser.add_argument("--boto3-mode", choices=("threads", "manager"), default="threads")
+    add_upload_args(parser)
     args = parser.parse_args()
     quiet_logs()
     peers = [p for p in args.peers.split(",") if p]
@@ -296,12 +309,20 @@ def main() -> int:
             for name in order:
                 r = one_run(name, moto, rec, nbytes, args)
                 runs[name].append(r)
-                print(f"  trial {trial + 1}: {name:<14} {r['mb_s']:7.1f} MB/s  ({r['seconds']:.1f} s)", file=sys.stderr, flush=True)
+                print(
+                    f"  trial {trial + 1}: {name:<14} {r['mb_s']:7.1f} MB/s  ({r['seconds']:.1f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if trial < args.ref_trials:
                 for name in REFS:
                     r = one_run(name, moto, rec, nbytes, args)
                     runs[name].append(r)
-                    print(f"  trial {trial + 1}: {name:<14} {r['mb_s']:7.1f} MB/s  ({r['seconds']:.1f} s)", file=sys.stderr, flush=True)
+                    print(
+                        f"  trial {trial + 1}: {name:<14} {r['mb_s']:7.1f} MB/s  ({r['seconds']:.1f} s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
 
     def summary(rs: list[dict[str, float]]) -> dict[str, Any]:
         return {
@@ -321,6 +342,8 @@ def main() -> int:
         "boto3_mode": args.boto3_mode,
         "hash_only_s": round(hash_s, 2),
         "warm_read_s": round(warm_s, 2),
+        "ours_upload_config": upload_config_used(upload_overrides(args)),
+        "loadavg_1m_end": None,
     }
     for name, rs in runs.items():
         if rs:
@@ -359,6 +382,7 @@ def main() -> int:
     if "ratio_ours_over_best_peer" in figures:
         r = figures["ratio_ours_over_best_peer"]
         print(f"ours / best peer ({figures['best_peer']}): {r:.2f}  (target >= 1.0: {'met' if r >= 1.0 else 'MISSED'})")
+    figures["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     emit_json(figures)
     return 0
 

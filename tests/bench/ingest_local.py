@@ -1,0 +1,147 @@
+"""Ingest to the local profile against ``cp -r`` + ``sha256sum`` (two workers).
+
+Run by hand (pytest does not collect tests/bench)::
+
+    .venv/bin/python tests/bench/ingest_local.py [--files 8] [--size-mib 256] [--trials 3]
+    .venv/bin/python tests/bench/ingest_local.py --size-mib 32 --trials 1    # smoke run
+
+The session (8 files of 256 MiB of random bytes = 2 GiB, the one
+ingest_throughput.py uses) is cached under /tmp/ursa-bench-data. The page cache
+cannot be dropped here, so every file is read once before the trials: both
+sides read from memory and write through the page cache into a fresh
+directory on the same file system (``--out-dir``, default /tmp), which is
+deleted and ``sync``-ed between runs, outside the timing. Trials alternate
+which side goes first.
+
+* ``ours``: ``ingest(DataInterface(profile="local", path=tmpdir), rec)``:
+  hashing (parallel sha256), the upload through the obstore LocalStore (with
+  its re-hash of every chunk), the manifest and the LanceDB catalog commits.
+  Opening the DataInterface (``enable_writes``) is outside the timing.
+* ``peer``: ``cp -r SESSION DEST`` then ``sha256sum`` of every copied file,
+  two at a time (``find DEST -type f -print0 | xargs -0 -P 2 -n 1 sha256sum``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    MiB,
+    check_disk,
+    data_bytes,
+    emit_json,
+    ensure_session,
+    known_hashes,
+    median,
+    print_table,
+    quiet_logs,
+    session_files,
+    warm,
+)
+
+PEER_SCRIPT = 'cp -r "$1" "$2/session" && find "$2/session" -type f -print0 | xargs -0 -P 2 -n 1 sha256sum > /dev/null'
+
+
+def run_ours(rec: Path, out: Path) -> float:
+    from ursa_daemon.api import DataInterface
+    from ursa_daemon.ingest import ingest
+
+    data = DataInterface(profile="local", path=out)
+    data.enable_writes(roles=("assets_rw", "raw_rw"))
+    t = time.perf_counter()
+    res = ingest(data, rec)
+    wall = time.perf_counter() - t
+    if res.paused or res.recording is None or res.files_skipped:
+        raise RuntimeError(f"ingest did not upload everything: {res}")
+    return wall
+
+
+def run_peer(rec: Path, out: Path) -> float:
+    t = time.perf_counter()
+    subprocess.run(["bash", "-c", PEER_SCRIPT, "peer", str(rec), str(out)], check=True)
+    return time.perf_counter() - t
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--size-mib", type=int, default=256, help="size of each file (MiB)")
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--out-dir", type=Path, default=Path(tempfile.gettempdir()))
+    args = parser.parse_args()
+    quiet_logs()
+
+    rec = ensure_session(args.files, args.size_mib * MiB)
+    nbytes = data_bytes(rec)
+    check_disk(args.out_dir, nbytes + (1 << 30))
+    warm_s = warm(session_files(rec))
+    t = time.perf_counter()
+    known_hashes(rec)
+    hash_s = time.perf_counter() - t
+
+    times: dict[str, list[float]] = {"ours": [], "peer": []}
+    for trial in range(args.trials):
+        order = ["ours", "peer"] if trial % 2 == 0 else ["peer", "ours"]
+        for name in order:
+            out = Path(tempfile.mkdtemp(prefix=f"ursa-bench-local-{name}-", dir=args.out_dir))
+            try:
+                wall = run_ours(rec, out) if name == "ours" else run_peer(rec, out)
+            finally:
+                shutil.rmtree(out, ignore_errors=True)
+                os.sync()
+            times[name].append(wall)
+            print(f"  trial {trial + 1}: {name:<5} {wall:6.2f} s", file=sys.stderr, flush=True)
+
+    ours, peer = median(times["ours"]), median(times["peer"])
+    ratio = ours / peer
+    figures: dict[str, Any] = {
+        "bench": "ingest_local",
+        "files": args.files,
+        "file_mib": args.size_mib,
+        "bytes": nbytes,
+        "trials": args.trials,
+        "ours_s_median": round(ours, 3),
+        "ours_s_runs": [round(x, 3) for x in times["ours"]],
+        "peer_s_median": round(peer, 3),
+        "peer_s_runs": [round(x, 3) for x in times["peer"]],
+        "ratio_ours_over_peer": round(ratio, 3),
+        "hash_only_s": round(hash_s, 3),
+        "warm_read_s": round(warm_s, 3),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
+    print_table(
+        ["side", "s median", "runs (s)", "MB/s"],
+        [
+            [
+                "ours: ingest() to local profile",
+                f"{ours:.2f}",
+                " ".join(f"{x:.2f}" for x in times["ours"]),
+                f"{nbytes / ours / 1e6:.0f}",
+            ],
+            [
+                "peer: cp -r + sha256sum -P2",
+                f"{peer:.2f}",
+                " ".join(f"{x:.2f}" for x in times["peer"]),
+                f"{nbytes / peer / 1e6:.0f}",
+            ],
+        ],
+        title=f"local ingest: {args.files} x {args.size_mib} MiB = {nbytes / 2**30:.2f} GiB, warm page cache "
+        f"(library hashing alone: {hash_s:.2f} s)",
+    )
+    print(f"ours / peer: {ratio:.2f}  (target <= 1.0: {'met' if ratio <= 1.0 else 'MISSED'})")
+    emit_json(figures)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

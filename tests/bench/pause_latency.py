@@ -1,0 +1,211 @@
+"""Pause latency: from ``is_active()`` turning true to the last byte on the wire.
+
+Run by hand (pytest does not collect tests/bench)::
+
+    .venv/bin/python tests/bench/pause_latency.py [--files 4] [--size-mib 1024] [--trials 20]
+    .venv/bin/python tests/bench/pause_latency.py --size-mib 128 --trials 3    # smoke run
+
+A byte-counting TCP proxy (its own process) sits between the client and moto's
+S3 server (another process). Each trial ingests a session of 4 files of 1 GiB
+(cached under /tmp/ursa-bench-data) through the proxy at the default upload
+config (4 files at once x 2 parts of 16 MiB in flight), into fresh buckets;
+hashing is skipped (``known_hashes``: it is not what is measured, and the files
+do not change). At a random moment (uniform in ``--flip-after``) the benchmark
+flips ``is_active()`` to True, then waits until no byte has gone to the server
+for ``--quiet`` s. The latency is the proxy's timestamp of the last byte it
+forwarded to the server minus the flip time (both ``time.monotonic()``); the
+abort requests (``DELETE ?uploadId``) that follow the stop are part of that
+traffic, so the figure is conservative. "Bytes after flip" is what the proxy
+forwarded to the server after the flip. Also reported: when ``ingest()``
+returned, and multipart uploads left open afterwards (should be 0).
+
+Target: p99 <= 500 ms (the original design let ~60 MiB per file stay in flight, 1-2 s).
+With 20 trials p99 is the worst trial (nearest rank).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    MiB,
+    MotoProcess,
+    ProxyProcess,
+    add_upload_args,
+    emit_json,
+    ensure_session,
+    known_hashes,
+    median,
+    percentile,
+    print_table,
+    quiet_logs,
+    s3_data,
+    session_files,
+    upload_config_used,
+    upload_overrides,
+    warm,
+)
+
+
+def one_trial(
+    moto: MotoProcess,
+    proxy: ProxyProcess,
+    rec: Path,
+    hashes: dict[str, str],
+    flip_after: float,
+    quiet: float,
+    upload: dict[str, int],
+) -> dict[str, Any]:
+    from ursa_daemon.ingest import ingest
+
+    moto.reset()
+    raw, assets = moto.fresh_buckets("pause")
+    scratch = Path(tempfile.mkdtemp(prefix="ursa-bench-pause-"))
+    try:
+        data = s3_data(proxy.endpoint, raw, assets, scratch, upload)
+        proxy.wait_quiet(0.2)
+        active = threading.Event()
+        flip: dict[str, Any] = {}
+
+        def flipper() -> None:
+            time.sleep(flip_after)
+            flip["bytes"] = proxy.stats().c2s_bytes
+            flip["t"] = time.monotonic()
+            active.set()
+
+        start_bytes = proxy.stats().c2s_bytes
+        timer = threading.Thread(target=flipper, daemon=True)
+        timer.start()
+        res = ingest(data, rec, is_active=active.is_set, known_hashes=hashes)
+        returned = time.monotonic()
+        timer.join()
+        st = proxy.wait_quiet(quiet)
+        open_uploads = moto.open_multipart_uploads(raw)
+        return {
+            "paused": res.paused,
+            "flip_after_s": flip_after,
+            "latency_ms": (st.last_c2s - flip["t"]) * 1000,
+            "return_ms": (returned - flip["t"]) * 1000,
+            "bytes_after_flip": st.c2s_bytes - flip["bytes"],
+            "bytes_before_flip": flip["bytes"] - start_bytes,
+            "files_uploaded": res.files_uploaded,
+            "open_multipart_uploads": open_uploads,
+        }
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=4)
+    parser.add_argument("--size-mib", type=int, default=1024, help="size of each file (MiB)")
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--flip-after", type=float, nargs=2, default=(1.0, 6.0), metavar=("MIN_S", "MAX_S"))
+    parser.add_argument("--quiet", type=float, default=1.0, help="seconds without a byte that end a trial")
+    parser.add_argument("--seed", type=int, default=None)
+    add_upload_args(parser)
+    args = parser.parse_args()
+    quiet_logs()
+    rng = random.Random(args.seed)
+
+    rec = ensure_session(args.files, args.size_mib * MiB)
+    warm(session_files(rec))
+    hashes = known_hashes(rec)
+
+    trials: list[dict[str, Any]] = []
+    skipped = 0
+    with MotoProcess() as moto, ProxyProcess(moto.port) as proxy:
+        while len(trials) < args.trials:
+            r = one_trial(moto, proxy, rec, hashes, rng.uniform(*args.flip_after), args.quiet, upload_overrides(args))
+            if not r["paused"]:  # finished before the flip: not a pause
+                skipped += 1
+                if skipped > args.trials:
+                    raise SystemExit("the upload keeps finishing before the flip: lower --flip-after")
+                continue
+            trials.append(r)
+            print(
+                f"  trial {len(trials):2d}: flip at {r['flip_after_s']:.2f} s, last byte +{r['latency_ms']:6.0f} ms, "
+                f"{r['bytes_after_flip'] / MiB:6.1f} MiB after flip, ingest returned +{r['return_ms']:6.0f} ms, "
+                f"open uploads {r['open_multipart_uploads']}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    lat = [r["latency_ms"] for r in trials]
+    after = [r["bytes_after_flip"] for r in trials]
+    ret = [r["return_ms"] for r in trials]
+    rate = [r["bytes_before_flip"] / r["flip_after_s"] / 1e6 for r in trials]
+    figures: dict[str, Any] = {
+        "bench": "pause_latency",
+        "files": args.files,
+        "file_mib": args.size_mib,
+        "trials": len(trials),
+        "latency_ms_p50": round(percentile(lat, 50), 1),
+        "latency_ms_p99": round(percentile(lat, 99), 1),
+        "latency_ms_max": round(max(lat), 1),
+        "bytes_after_flip_p50": int(percentile(after, 50)),
+        "bytes_after_flip_p99": int(percentile(after, 99)),
+        "bytes_after_flip_per_file_p50": int(percentile(after, 50) / args.files),
+        "return_ms_p50": round(percentile(ret, 50), 1),
+        "return_ms_p99": round(percentile(ret, 99), 1),
+        "upload_mb_s_before_flip_median": round(median(rate), 1),
+        "open_multipart_uploads_max": max(r["open_multipart_uploads"] for r in trials),
+        "target_p99_ms": 500,
+        "ours_upload_config": upload_config_used(upload_overrides(args)),
+        "loadavg_1m_end": round(os.getloadavg()[0], 2),
+        "runs": [{k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()} for r in trials],
+    }
+    print_table(
+        ["figure", "p50", "p99", "max"],
+        [
+            [
+                "flip -> last byte to server (ms)",
+                f"{percentile(lat, 50):.0f}",
+                f"{percentile(lat, 99):.0f}",
+                f"{max(lat):.0f}",
+            ],
+            [
+                "bytes sent after flip (MiB)",
+                f"{percentile(after, 50) / MiB:.1f}",
+                f"{percentile(after, 99) / MiB:.1f}",
+                f"{max(after) / MiB:.1f}",
+            ],
+            [
+                "  per file (MiB)",
+                f"{percentile(after, 50) / MiB / args.files:.1f}",
+                f"{percentile(after, 99) / MiB / args.files:.1f}",
+                f"{max(after) / MiB / args.files:.1f}",
+            ],
+            [
+                "flip -> ingest() returned (ms)",
+                f"{percentile(ret, 50):.0f}",
+                f"{percentile(ret, 99):.0f}",
+                f"{max(ret):.0f}",
+            ],
+        ],
+        title=f"pause latency: {args.files} x {args.size_mib} MiB through a counting proxy to moto, "
+        f"{len(trials)} trials "
+        f"(upload ran at {median(rate):.0f} MB/s before the flip, median)",
+    )
+    p99 = figures["latency_ms_p99"]
+    print(
+        f"p99 {p99:.0f} ms (target <= 500 ms: {'met' if p99 <= 500 else 'MISSED'}); "
+        f"open multipart uploads left: {figures['open_multipart_uploads_max']}"
+    )
+    emit_json(figures)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,226 @@
+"""A TCP proxy on 127.0.0.1 that injects transport faults, for tests (threads, no deps).
+
+    with FaultProxy(("127.0.0.1", moto_port)) as proxy:
+        proxy.reset_next(3, after_bytes=64 << 10)   # the next 3 connections die mid-response
+        ... point an S3 client at proxy.endpoint ...
+        assert proxy.faults == 3
+
+Modes:
+
+* pass (the default): bytes flow both ways untouched.
+* :meth:`FaultProxy.reset_next`: the next ``n`` connections whose server→client
+  byte count reaches ``after_bytes`` are reset (RST, via ``SO_LINGER`` 0) on
+  both sides at that point. ``after_bytes=0`` resets a connection on accept.
+  Counting per connection, at the moment it crosses the threshold, works with
+  clients that keep connections alive: a small listing passes, the next large
+  body through the same connection is cut.
+* :meth:`FaultProxy.stall_next`: the same trigger, but the response stops for
+  ``seconds`` (no server→client byte is forwarded), then carries on.
+* :meth:`FaultProxy.passthrough`: cancel whatever is armed.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["FaultProxy"]
+
+_BUF = 256 << 10
+
+
+@dataclass
+class _Fault:
+    kind: Literal["reset", "stall"]
+    remaining: int
+    after_bytes: int
+    seconds: float = 0.0
+
+
+class _Conn:
+    """One proxied connection: two pumps and the per-connection byte count."""
+
+    def __init__(self, proxy: FaultProxy, client: socket.socket, server: socket.socket) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.server = server
+        self.s2c = 0
+        self.triggered = False
+        self.closed = threading.Event()
+
+    def run(self) -> None:
+        if self.proxy._take(self, 0):
+            return
+        threads = [
+            threading.Thread(target=self._pump, args=(self.client, self.server, False), daemon=True),
+            threading.Thread(target=self._pump, args=(self.server, self.client, True), daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self._close(reset=False)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, to_client: bool) -> None:
+        try:
+            while not self.closed.is_set():
+                data = src.recv(_BUF)
+                if not data:
+                    break
+                if to_client:
+                    data = self._forward_to_client(data, dst)
+                    if data is None:
+                        return
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock, how in ((dst, socket.SHUT_WR), (src, socket.SHUT_RD)):
+                try:
+                    sock.shutdown(how)
+                except OSError:
+                    pass
+
+    def _forward_to_client(self, data: bytes, dst: socket.socket) -> bytes | None:
+        """Send what lies before a fault's trigger point; ``None`` if the connection was reset."""
+        if not self.triggered:
+            fault = self.proxy._armed()
+            if fault is not None and self.s2c + len(data) >= fault.after_bytes:
+                head = max(0, fault.after_bytes - self.s2c)
+                if head:
+                    dst.sendall(data[:head])
+                    self.s2c += head
+                if self.proxy._take(self, self.s2c):
+                    return None
+                data = data[head:]
+        self.s2c += len(data)
+        return data
+
+    def _close(self, *, reset: bool) -> None:
+        """Close both sides; ``reset`` aborts the client side with an RST instead of a FIN.
+
+        ``shutdown`` first wakes a pump blocked in ``recv`` (a bare ``close`` would
+        not, and the socket would live on until that ``recv`` returned). On the
+        client side a reset only shuts the read half, so no FIN precedes the RST.
+        """
+        self.closed.set()
+        for sock in (self.client, self.server):
+            abort = reset and sock is self.client
+            try:
+                if abort:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RD if abort else socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+class FaultProxy:
+    """127.0.0.1:<port> → ``target``; see the module docstring for the fault modes."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self._lock = threading.Lock()
+        self._fault: _Fault | None = None
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._listener.settimeout(0.2)  # so the accept loop sees stop()
+        self.port: int = self._listener.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        #: connections accepted, and faults injected so far
+        self.connections = 0
+        self.faults = 0
+        self._stopping = threading.Event()
+        self._conns: list[_Conn] = []
+        self._thread = threading.Thread(target=self._accept_loop, name="faultproxy", daemon=True)
+
+    # -- control ----------------------------------------------------------------------
+
+    def passthrough(self) -> None:
+        with self._lock:
+            self._fault = None
+
+    def reset_next(self, n: int, *, after_bytes: int = 0) -> None:
+        """Reset the next ``n`` connections when their response bytes reach ``after_bytes``."""
+        with self._lock:
+            self._fault = _Fault("reset", n, after_bytes)
+
+    def stall_next(self, n: int, *, seconds: float, after_bytes: int = 0) -> None:
+        """Silence the next ``n`` connections for ``seconds`` once their response bytes reach ``after_bytes``."""
+        with self._lock:
+            self._fault = _Fault("stall", n, after_bytes, seconds)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _armed(self) -> _Fault | None:
+        with self._lock:
+            return self._fault if self._fault is not None and self._fault.remaining > 0 else None
+
+    def _take(self, conn: _Conn, s2c: int) -> bool:
+        """Apply the armed fault to ``conn`` if it triggers at ``s2c`` bytes; True if it was reset."""
+        with self._lock:
+            fault = self._fault
+            if conn.triggered or fault is None or fault.remaining <= 0 or s2c < fault.after_bytes:
+                return False
+            fault.remaining -= 1
+            conn.triggered = True
+            self.faults += 1
+        if fault.kind == "reset":
+            conn._close(reset=True)
+            return True
+        self._stopping.wait(fault.seconds)
+        return False
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            try:
+                server = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            for sock in (client, server):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _Conn(self, client, server)
+            with self._lock:
+                self.connections += 1
+                self._conns.append(conn)
+            threading.Thread(target=conn.run, name="faultproxy-conn", daemon=True).start()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            conn._close(reset=False)
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
