@@ -21,6 +21,7 @@ Modes:
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -79,10 +80,8 @@ class _Conn:
             pass
         finally:
             for sock, how in ((dst, socket.SHUT_WR), (src, socket.SHUT_RD)):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(how)
-                except OSError:
-                    pass
 
     def _forward_to_client(self, data: bytes, dst: socket.socket) -> bytes | None:
         """Send what lies before a fault's trigger point; ``None`` if the connection was reset."""
@@ -115,10 +114,8 @@ class _Conn:
                 sock.shutdown(socket.SHUT_RD if abort else socket.SHUT_RDWR)
             except OSError:
                 pass
-            try:
+            with contextlib.suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
 
 
 class FaultProxy:
@@ -209,10 +206,8 @@ class FaultProxy:
 
     def stop(self) -> None:
         self._stopping.set()
-        try:
+        with contextlib.suppress(OSError):
             self._listener.close()
-        except OSError:
-            pass
         with self._lock:
             conns = list(self._conns)
         for conn in conns:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from ursa_daemon.config import LocalProfile, Role, S3Profile, load_config, resolve_credentials
 from ursa_daemon.errors import ConfigError, CredentialError
@@ -50,7 +51,7 @@ def test_relative_paths_resolve_against_the_config_directory(tmp_path: Path) -> 
 
 def test_config_is_frozen(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, base(tmp_path)))
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.profile = "other"  # type: ignore[misc]
 
 

@@ -9,22 +9,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-_SOURCES = {
-    "DataInterface": "api",
-    "QueryResult": "api",
-    "QuerySpec": "api",
-    "Config": "config",
-    "load_config": "config",
-    "IngestResult": "ingest",
-    "UploadProgress": "ingest",
-    "ingest": "ingest",
-}
-
-if TYPE_CHECKING:
-    from ursa_daemon.api import DataInterface, QueryResult, QuerySpec
-    from ursa_daemon.config import Config, load_config
-    from ursa_daemon.ingest import IngestResult, UploadProgress, ingest
-
 from ursa_daemon.errors import (
     CatalogError,
     CatalogRowExists,
@@ -42,6 +26,23 @@ from ursa_daemon.errors import (
     UrsaError,
     WritesNotEnabled,
 )
+
+_SOURCES = {
+    "DataInterface": "api",
+    "QueryResult": "api",
+    "QuerySpec": "api",
+    "Config": "config",
+    "load_config": "config",
+    "IngestResult": "ingest",
+    "UploadProgress": "ingest",
+    "ingest": "ingest",
+}
+
+if TYPE_CHECKING:
+    from ursa_daemon.api import DataInterface, QueryResult, QuerySpec
+    from ursa_daemon.config import Config, load_config
+    from ursa_daemon.ingest import IngestResult, UploadProgress, ingest
+
 
 __all__ = [
     "CatalogError",

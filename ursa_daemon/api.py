@@ -330,8 +330,9 @@ class DataInterface:
         if isinstance(target, QueryResult):
             return [target]
         if isinstance(target, str):
-            by = "recording_hash" if re.fullmatch(r"[0-9a-f]{64}", target) else "rec_id"
-            found = self.query(**{by: target})
+            by_hash = re.fullmatch(r"[0-9a-f]{64}", target) is not None
+            found = self.query(QuerySpec(recording_hash=target) if by_hash else QuerySpec(rec_id=target))
+            by = "recording_hash" if by_hash else "rec_id"
             if not found:
                 raise LookupError(f"no registered recording with {by} {target!r}")
             return found
@@ -470,3 +471,63 @@ class DataInterface:
             metadata=dict(metadata or {}),
         )
         return catalog.register_event(row)
+
+    # -- bytes: download to disk, get into memory, stream in chunks ---------
+
+    def download(
+        self,
+        target: str | QueryResult | Iterable[QueryResult],
+        dest: str | os.PathLike[str],
+        *,
+        layout: Literal["by_recording", "by_modality", "flat"] = "by_recording",
+        overwrite: bool = False,
+        source: Literal["auto", "raw", "processed"] = "auto",
+        progress: Any = None,
+        max_concurrent_files: int | None = None,
+    ) -> list[Path]:
+        """Stream ``target``'s bytes to files under ``dest``; the paths, in plan order.
+
+        Raw rows give their segments, processed rows their asset (basename
+        kept); the whole plan is checked before a byte moves. ``progress`` is
+        called with each ``DownloadProgress`` on this thread. See
+        :mod:`ursa_daemon.download`.
+        """
+        from ursa_daemon.download import DEFAULT_MAX_CONCURRENT_FILES, download
+
+        return download(
+            self,
+            target,
+            dest,
+            layout=layout,
+            overwrite=overwrite,
+            source=source,
+            progress=progress,
+            max_concurrent_files=max_concurrent_files or DEFAULT_MAX_CONCURRENT_FILES,
+        )
+
+    def get(
+        self,
+        target: str | QueryResult | Iterable[QueryResult],
+        *,
+        source: Literal["auto", "raw", "processed"] = "auto",
+    ) -> Any:
+        """``target``'s modalities in memory: a ``RecordingData`` (a list for several).
+
+        Raw modalities hold their segments sorted by key; processed assets are
+        opened with their format's library. See :mod:`ursa_daemon.reader`.
+        """
+        from ursa_daemon.reader import get
+
+        return get(self, target, source=source)
+
+    def stream(
+        self,
+        target: str | QueryResult | Iterable[QueryResult],
+        *,
+        source: Literal["auto", "raw", "processed"] = "auto",
+        chunk_size: int = 1 << 20,
+    ) -> Any:
+        """An iterator of ``Chunk`` s over every object of ``target``, never a whole object."""
+        from ursa_daemon.reader import stream
+
+        return stream(self, target, source=source, chunk_size=chunk_size)

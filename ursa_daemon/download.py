@@ -17,8 +17,9 @@ Order of work:
 2. **Stream.** A thread pool streams each object through ``<name>.part`` and an
    atomic ``os.replace``; an existing file is never unlinked first, so a
    failure at any point leaves it byte-identical. Each file's size is checked
-   against the listing. Transient store errors (and short bodies) restart the
-   file with exponential backoff; only exhaustion surfaces, naming the key.
+   against the listing. A transient store error (or a short body) reopens the
+   object and resumes where it stopped, with exponential backoff; only
+   exhaustion surfaces, naming the key.
 3. **Report.** :class:`DownloadProgress` events go to the ``progress``
    callback, on the calling thread, and to the stdlib logger ``ursa.download``
    (INFO at call and modality boundaries, DEBUG per file) with exactly the
@@ -55,7 +56,7 @@ from ursa_daemon.errors import (
     UrsaError,
 )
 from ursa_daemon.manifest import MANIFEST_NAME, PARTICIPANT_NAME
-from ursa_daemon.store import BucketKind, ObjectMeta, Store, parse_storage_uri
+from ursa_daemon.store import BucketKind, ObjectMeta, ObjectReader, Store, parse_storage_uri
 
 if TYPE_CHECKING:
     from ursa_daemon.api import DataInterface, QueryResult
@@ -77,7 +78,9 @@ __all__ = [
     "ModalityPlan",
     "PlannedObject",
     "RecordingNotFoundError",
+    "ResumableReader",
     "RetryPolicy",
+    "ShortBodyError",
     "Source",
     "StoreFor",
     "UnsafeKeyError",
@@ -139,8 +142,8 @@ class DownloadCancelled(Exception):
     """A stream stopped because the call is being torn down (never surfaces from ``download``)."""
 
 
-class _SizeMismatch(TransientStoreError):
-    """The body was shorter or longer than the listing said: retried, then :class:`ObjectMismatch`."""
+class ShortBodyError(TransientStoreError):
+    """A body ended before the size the listing gave: retried, then :class:`ObjectMismatch`."""
 
 
 # -- progress -----------------------------------------------------------------------
@@ -230,7 +233,7 @@ class RetryPolicy:
             raise ValueError("RetryPolicy.attempts must be at least 1")
 
     def delay(self, failed_attempts: int) -> float:
-        base = min(self.max_backoff, self.init_backoff * 2 ** (failed_attempts - 1))
+        base = min(self.max_backoff, self.init_backoff * 2.0 ** (failed_attempts - 1))
         return base * (1.0 - random.random() / 2)
 
 
@@ -247,8 +250,8 @@ def call_with_retry(
 ) -> T:
     """``fn()``, tried again on :class:`TransientStoreError` with backoff.
 
-    Exhaustion raises :class:`StoreError` (:class:`ObjectMismatch` for a size
-    that never matched) naming ``key``; other errors pass through at once.
+    Exhaustion raises :class:`StoreError` (:class:`ObjectMismatch` for a body
+    that kept ending short) naming ``key``; other errors pass through at once.
     """
     cancel = cancel or threading.Event()
     last: TransientStoreError | None = None
@@ -264,8 +267,87 @@ def call_with_retry(
             if cancel.wait(wait):
                 raise DownloadCancelled(key) from exc
     assert last is not None
-    cls = ObjectMismatch if isinstance(last, _SizeMismatch) else StoreError
+    cls = ObjectMismatch if isinstance(last, ShortBodyError) else StoreError
     raise cls(f"{op} {key}: gave up after {retry.attempts} attempt(s); last error: {last}", key=key) from last
+
+
+class ResumableReader:
+    """Reads one object of known ``size`` forward, resuming after transient failures.
+
+    A failed stream is reopened and the bytes already delivered are skipped
+    (the store has no ranged read), so a caller sees each byte once. Every
+    :meth:`read` gets ``retry.attempts`` tries; a body that ends short counts as
+    transient, one longer than ``size`` is an :class:`ObjectMismatch` at once.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        key: str,
+        size: int,
+        *,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.size = size
+        self.retry = retry
+        self.chunk_size = chunk_size
+        self.cancel = cancel or threading.Event()
+        self.offset = 0
+        self._src: ObjectReader | None = None
+
+    def _open_at(self, offset: int) -> ObjectReader:
+        src = self.store.open(self.key, chunk_size=self.chunk_size)
+        skip = offset
+        while skip > 0:
+            got = src.read(min(skip, self.chunk_size))
+            if not got:
+                src.close()
+                raise ShortBodyError(f"get {self.key}: the body ended before byte {offset}", key=self.key)
+            skip -= len(got)
+        return src
+
+    def _read_once(self) -> bytes:
+        try:
+            if self._src is None:
+                self._src = self._open_at(self.offset)
+            chunk = self._src.read(self.chunk_size)
+            if not chunk and self.offset < self.size:
+                raise ShortBodyError(
+                    f"get {self.key}: the body ended at {self.offset} bytes, the listing said {self.size}",
+                    key=self.key,
+                )
+            return chunk
+        except TransientStoreError:
+            self.close()
+            raise
+
+    def read(self) -> bytes:
+        """The next chunk (at most ``chunk_size`` bytes); ``b""`` once all ``size`` bytes were read."""
+        if self.cancel.is_set():
+            raise DownloadCancelled(self.key)
+        chunk = call_with_retry(self._read_once, key=self.key, op="get", retry=self.retry, cancel=self.cancel)
+        self.offset += len(chunk)
+        if self.offset > self.size:
+            raise ObjectMismatch(
+                f"get {self.key}: the object is larger than the {self.size} bytes listed (changed meanwhile?)",
+                key=self.key,
+            )
+        return chunk
+
+    def close(self) -> None:
+        if self._src is not None:
+            self._src.close()
+            self._src = None
+
+    def __enter__(self) -> ResumableReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # -- targets and plans --------------------------------------------------------------
@@ -436,6 +518,21 @@ def _processed_objects(
     return store, key, objects
 
 
+def _eligible(results: Sequence[QueryResult], source: Source) -> dict[tuple[str, str], Literal["raw", "processed"]]:
+    """The source of every row; one :class:`DownloadPlanError` naming every ineligible row."""
+    chosen: dict[tuple[str, str], Literal["raw", "processed"]] = {}
+    refused: list[str] = []
+    for qr in results:
+        for name, row in qr.modalities.items():
+            try:
+                chosen[(qr.recording_hash, name)] = _source_of(name, row, source)
+            except DownloadPlanError as exc:
+                refused.append(str(exc))
+    if refused:
+        raise DownloadPlanError(f"{len(refused)} modality row(s) cannot be delivered: " + "; ".join(refused))
+    return chosen
+
+
 def plan_modalities(
     data: DataInterface,
     results: Sequence[QueryResult],
@@ -451,11 +548,12 @@ def plan_modalities(
     for a row whose URI lists nothing.
     """
     _check_choice(source, SOURCES, "source")
+    chosen_sources = _eligible(results, source)
     stores = _Stores(data, store_for)
     plans = []
     for qr in results:
         for name, row in qr.modalities.items():
-            chosen = _source_of(name, row, source)
+            chosen = chosen_sources[(qr.recording_hash, name)]
             lister = _raw_objects if chosen == "raw" else _processed_objects
             store, where, objects = lister(name, row, data.profile, stores, retry)
             if not objects:
@@ -551,9 +649,9 @@ def plan_writes(plans: Sequence[ModalityPlan], dest: Path, *, layout: Layout, ov
         for obj in plan.objects:
             target = base.joinpath(*obj.rel.split("/"))
             _inside(root_real, target, obj.key)
-            for path in (target, _part(target)):
-                if path in owner:
-                    duplicates.append(f"{path} (from {owner[path]!r} and {obj.key!r})")
+            clash = owner.get(target) or owner.get(_part(target))
+            if clash is not None:
+                duplicates.append(f"{target} (from {clash!r} and {obj.key!r})")
             owner[target] = owner[_part(target)] = obj.key
             group.append(_Write(plan.store, obj.key, obj.size, target))
         groups.append(group)
@@ -586,36 +684,23 @@ def plan_writes(plans: Sequence[ModalityPlan], dest: Path, *, layout: Layout, ov
 # -- streaming ----------------------------------------------------------------------
 
 
-def _stream_to_disk(w: _Write, cancel: threading.Event, chunk_size: int) -> None:
+def _stream_to_disk(w: _Write, cancel: threading.Event, retry: RetryPolicy, chunk_size: int) -> None:
     """``w.key`` → ``<dest>.part`` → ``os.replace`` onto ``dest``; the ``.part`` never survives."""
     w.dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = _part(w.dest)
     tmp.unlink(missing_ok=True)  # a stale one from a killed run (unlink never follows a link)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     try:
-        written = 0
-        with os.fdopen(fd, "wb") as out, w.store.open(w.key, chunk_size=chunk_size) as src:
-            while chunk := src.read(chunk_size):
-                if cancel.is_set():
-                    raise DownloadCancelled(w.key)
+        with (
+            os.fdopen(fd, "wb") as out,
+            ResumableReader(w.store, w.key, w.size, retry=retry, chunk_size=chunk_size, cancel=cancel) as src,
+        ):
+            while chunk := src.read():
                 out.write(chunk)
-                written += len(chunk)
-        if written != w.size:
-            raise _SizeMismatch(
-                f"get {w.key}: read {written} bytes, the listing said {w.size}", key=w.key
-            )
         os.replace(tmp, w.dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _fetch(w: _Write, cancel: threading.Event, retry: RetryPolicy, chunk_size: int) -> None:
-    if cancel.is_set():
-        raise DownloadCancelled(w.key)
-    call_with_retry(
-        lambda: _stream_to_disk(w, cancel, chunk_size), key=w.key, op="download", retry=retry, cancel=cancel
-    )
 
 
 def _execute(
@@ -634,7 +719,7 @@ def _execute(
     pool = ThreadPoolExecutor(max_workers=max(1, min(max_concurrent_files, n)), thread_name_prefix="ursa-download")
     try:
         submitted = [
-            {pool.submit(_fetch, w, cancel, retry, chunk_size): w for w in group} for group in groups
+            {pool.submit(_stream_to_disk, w, cancel, retry, chunk_size): w for w in group} for group in groups
         ]
         done = 0
         for plan, futures in zip(plans, submitted, strict=True):

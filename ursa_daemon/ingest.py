@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ursa_daemon.catalog import IngestionStatus, ModalityRow, ParticipantRow, RecordingRow
 from ursa_daemon.config import LocalProfile, S3Profile
@@ -270,7 +270,7 @@ def session_rows(
                 metadata={},
             )
         )
-    device_info = doc.get("device_info") if isinstance(doc.get("device_info"), dict) else {}
+    device_info: dict[str, Any] = doc["device_info"] if isinstance(doc.get("device_info"), dict) else {}
     metadata: dict[str, Any] = {"manifest_version": doc.get("manifest_version", 1)}
     if isinstance(doc.get("nodes"), list):
         metadata["nodes"] = [str(n) for n in doc["nodes"]]
@@ -284,7 +284,7 @@ def session_rows(
         metadata=metadata,
         registered_at=time.time_ns(),
     )
-    workers_meta = doc.get("workers") if isinstance(doc.get("workers"), dict) else {}
+    workers_meta: dict[str, Any] = doc["workers"] if isinstance(doc.get("workers"), dict) else {}
     by_worker: dict[str, list[FileEntry]] = {}
     for f in files:
         by_worker.setdefault(f.worker, []).append(f)
@@ -292,7 +292,7 @@ def session_rows(
     for worker, wfiles in sorted(by_worker.items()):
         family, worker_id = split_worker(worker)
         uri = storage_uri(profile, "raw", rel_key(rec_id, worker) + "/")
-        wmeta = workers_meta.get(worker) if isinstance(workers_meta.get(worker), dict) else {}
+        wmeta: dict[str, Any] = workers_meta[worker] if isinstance(workers_meta.get(worker), dict) else {}
         rate = wmeta.get("sampling_rate")
         modalities.append(
             ModalityRow(
@@ -330,7 +330,7 @@ def register_session(
     """
     catalog = data._write_catalog()
     participants, recording, modalities = session_rows(data.profile, span, files, doc, participant=participant)
-    policy = "overwrite" if overwrite else "error"
+    policy: Literal["overwrite", "error"] = "overwrite" if overwrite else "error"
     row = catalog.register_session(
         participants=participants,
         recording=recording,

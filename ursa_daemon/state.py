@@ -251,7 +251,9 @@ class StateDB:
         with self._tx() as c:
             c.execute("UPDATE sessions SET attempts = 0 WHERE rec_id = ?", (rec_id,))
 
-    def set_progress(self, rec_id: str, *, files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> None:
+    def set_progress(
+        self, rec_id: str, *, files_done: int, files_total: int, bytes_done: int, bytes_total: int
+    ) -> None:
         with self._tx() as c:
             c.execute(
                 """UPDATE sessions SET files_done = ?, files_total = ?, bytes_done = ?, bytes_total = ?,

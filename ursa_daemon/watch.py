@@ -213,9 +213,8 @@ class Runner:
         if rec.state in (SessionState.REGISTERED, SessionState.REJECTED):
             _, sig = tree_signature(rec_dir)
             return sig != rec.signature
-        if rec.state is SessionState.FAILED and rec.next_attempt_at and rec.next_attempt_at > now:
-            return False
-        return True
+        waiting = rec.state is SessionState.FAILED and (rec.next_attempt_at or 0) > now
+        return not waiting
 
     def _full_scan(self) -> None:
         """Every session under the root becomes a candidate (settle still applies)."""
