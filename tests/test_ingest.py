@@ -131,7 +131,8 @@ def test_progress_callback_errors_are_ignored(data: DataInterface, tmp_path: Pat
     def broken(_: UploadProgress) -> None:
         raise RuntimeError("callback bug")
 
-    assert ingest(data, rec, progress=broken).recording is not None
+    res = data.ingest(rec, progress=broken)  # the DataInterface method, same path
+    assert res.recording is not None and res.files_uploaded == 2
 
 
 def test_file_changed_during_upload_fails_and_registers_nothing(

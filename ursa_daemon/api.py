@@ -302,6 +302,23 @@ class DataInterface:
             )
         return self._rw_catalog
 
+    # -- ingest ----------------------------------------------------------
+
+    def ingest(self, rec_dir: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Upload a session and register it (Path A); see :func:`ursa_daemon.ingest.ingest`.
+
+        Needs ``enable_writes(roles=("assets_rw", "raw_rw"))``. Returns an ``IngestResult``.
+        """
+        from ursa_daemon.ingest import ingest
+
+        return ingest(self, rec_dir, **kwargs)
+
+    def register_from_store(self, rec_id: str, **kwargs: Any) -> Any:
+        """Verify bytes already in the store and register them (Path B)."""
+        from ursa_daemon.backfill import register_from_store
+
+        return register_from_store(self, rec_id, **kwargs)
+
     # -- query -----------------------------------------------------------
 
     def query(self, spec: QuerySpec | None = None, **kwargs: Any) -> list[QueryResult]:

@@ -244,7 +244,7 @@ def reconstruct_from_store(data: DataInterface, rec_id: str) -> dict[str, Any]:
         return existing
     except (ObjectNotFound, InputError):
         pass
-    prefix = rel_key(rec_id, "")
+    prefix = f"recordings/{rec_id}/"
     files = []
     for meta in sorted(raw.list(prefix), key=lambda m: m.key):
         rel = meta.key[len(prefix):]
