@@ -25,7 +25,7 @@ import yaml
 from conftest import s3_config_dict
 from faultproxy import FaultProxy
 
-from ursa_daemon.api import DataInterface, QueryResult
+from ursa_daemon.api import DataInterface
 from ursa_daemon.config import Role, config_from_dict, resolve_credentials
 from ursa_daemon.download import (
     LAYOUTS,
@@ -348,9 +348,10 @@ def test_callback_errors_are_logged_once_each(
     assert len(paths) == 3 and all(p.exists() for p in paths)
     warnings = [r for r in caplog.records if r.name == "ursa.download" and r.levelno == logging.WARNING]
     assert len(warnings) == 3
-    assert sorted(r.callback_error for r in warnings) == sorted(  # type: ignore[attr-defined]
-        f"file_done: RuntimeError('bug on recordings/{s.rec_id}/{rel}')" for rel in ("eeg/a.bin", "eeg/b.bin", "mic/c.wav")
-    )
+    rels = ("eeg/a.bin", "eeg/b.bin", "mic/c.wav")
+    assert sorted(r.callback_error for r in warnings) == [  # type: ignore[attr-defined]
+        f"file_done: RuntimeError('bug on recordings/{s.rec_id}/{rel}')" for rel in rels
+    ]
 
 
 # -- interrupted downloads keep the old file ----------------------------------------------
@@ -458,7 +459,7 @@ def test_symlink_in_dest_is_refused(local_data: DataInterface, tmp_path: Path) -
 
 
 def test_malicious_key_in_the_bucket_is_refused(moto_server, s3_buckets, s3_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    data = _s3_data(moto_server.endpoint, s3_buckets, tmp_path)
+    data = s3_data(moto_server.endpoint, s3_buckets, tmp_path)
     s = ingested_session(data, tmp_path, {"eeg/a.bin": b"a"})
     client = moto_server.client()
     for evil in (f"recordings/{s.rec_id}/eeg/../../../../escape.bin", f"recordings/{s.rec_id}/eeg//abs/escape.bin"):
@@ -474,7 +475,7 @@ def test_malicious_key_in_the_bucket_is_refused(moto_server, s3_buckets, s3_env,
 # -- transport faults through the proxy ------------------------------------------------------
 
 
-def _s3_data(endpoint: str, buckets: tuple[str, str], root: Path) -> DataInterface:
+def s3_data(endpoint: str, buckets: tuple[str, str], root: Path) -> DataInterface:
     di = DataInterface(config=config_from_dict(s3_config_dict(endpoint, *buckets, root), base_dir=root))
     di.enable_writes(roles=("assets_rw", "raw_rw"))
     return di
@@ -483,11 +484,11 @@ def _s3_data(endpoint: str, buckets: tuple[str, str], root: Path) -> DataInterfa
 @pytest.fixture
 def proxied(moto_server, s3_buckets, s3_env, tmp_path: Path) -> Iterator[tuple[DataInterface, FaultProxy, Session]]:  # type: ignore[no-untyped-def]
     """A session ingested straight into moto, and a DataInterface that reaches moto through the proxy."""
-    direct = _s3_data(moto_server.endpoint, s3_buckets, tmp_path / "direct")
+    direct = s3_data(moto_server.endpoint, s3_buckets, tmp_path / "direct")
     files = {f"eeg/seg_{i}.bin": os.urandom(512 * KiB) for i in range(4)} | {"mic/m.wav": os.urandom(300 * KiB)}
     s = ingested_session(direct, tmp_path, files)
     with FaultProxy((moto_server.host, moto_server.port)) as proxy:
-        yield _s3_data(proxy.endpoint, s3_buckets, tmp_path / "proxied"), proxy, s
+        yield s3_data(proxy.endpoint, s3_buckets, tmp_path / "proxied"), proxy, s
 
 
 def _store_for(data: DataInterface, **knobs: Any) -> Any:
@@ -653,7 +654,8 @@ def test_get_processed_zarr_and_lance_with_their_libraries(data: DataInterface, 
     rh = s.recording_hash
     work = tmp_path / "work"
     group = zarr.open_group(str(work / "eeg.zarr"), mode="w")
-    group.create_array("data", shape=(100, 2), chunks=(50, 2), dtype="f4")[:] = np.arange(200, dtype="f4").reshape(100, 2)
+    array = group.create_array("data", shape=(100, 2), chunks=(50, 2), dtype="f4")
+    array[:] = np.arange(200, dtype="f4").reshape(100, 2)
     table = pa.table({"t": [1.0, 2.0], "note": ["a", "b"]})
     lance.write_dataset(table, str(work / "notes.lance"))
     assets = data.store(Role.ASSETS_RW)
@@ -672,25 +674,46 @@ def test_get_processed_zarr_and_lance_with_their_libraries(data: DataInterface, 
 # -- the command line ------------------------------------------------------------------------
 
 
-def _cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "ursa_daemon.cli", "--config", str(cfg), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+def write_config(data: DataInterface, tmp_path: Path) -> Path:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(data.config.model_dump(mode="json", exclude={"source"})))
+    return cfg
+
+
+def run_cli(cfg: Path, *commands: list[str]) -> list[subprocess.CompletedProcess[str]]:
+    """Run ``ursa-daemon --config cfg <command>`` for each command, all at once (imports are slow)."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ursa_daemon.cli", "--config", str(cfg), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in commands
+    ]
+    out = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=120)
+        out.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    return out
 
 
 def test_cli_download_json_and_refusal(local_data: DataInterface, tmp_path: Path) -> None:
     s = ingested_session(local_data, tmp_path, {"eeg/a.bin": b"a" * 10, "mic/b.wav": b"b" * 5})
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(yaml.safe_dump(local_data.config.model_dump(mode="json", exclude={"source"})))
-    dest = tmp_path / "dl"
-    done = _cli(cfg, "download", s.rec_id, str(dest), "--layout", "by_modality", "--json")
-    assert done.returncode == 0, done.stderr
-    doc = json.loads(done.stdout)
-    assert doc == {
+    dest, taken = tmp_path / "dl", tmp_path / "taken"
+    for name in ("eeg/a.bin", "mic/b.wav"):
+        (taken / s.recording_hash / name).parent.mkdir(parents=True, exist_ok=True)
+        (taken / s.recording_hash / name).write_bytes(b"mine")
+    ok, refused = run_cli(
+        write_config(local_data, tmp_path),
+        ["download", s.rec_id, str(dest), "--layout", "by_modality", "--json"],
+        ["download", s.recording_hash, str(taken)],
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout) == {
         "files": [str(dest / "eeg" / s.recording_hash / "a.bin"), str(dest / "mic" / s.recording_hash / "b.wav")],
         "bytes": 15,
     }
-    again = _cli(cfg, "download", s.recording_hash, str(dest), "--layout", "by_modality")
-    assert again.returncode == 1 and "a.bin" in again.stderr and "b.wav" in again.stderr and "overwrite" in again.stderr
-    assert _cli(cfg, "download", s.rec_id, str(dest), "--layout", "by_modality", "--overwrite").returncode == 0
-    missing = _cli(cfg, "download", "rec_20990101_000000_dead", str(tmp_path / "none"))
-    assert missing.returncode == 1 and "rec_20990101_000000_dead" in missing.stderr
+    assert refused.returncode == 1, refused.stderr
+    assert "a.bin" in refused.stderr and "b.wav" in refused.stderr and "overwrite" in refused.stderr
+    assert (taken / s.recording_hash / "eeg" / "a.bin").read_bytes() == b"mine"

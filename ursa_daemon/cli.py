@@ -450,7 +450,8 @@ def verify(obj: Context, target: str, deep: bool, as_json: bool) -> None:
         _emit_json({"ok": ok, "recordings": [r.as_json() for r in reports]})
     for r in reports:
         status = "ok" if r.ok else f"{len(r.problems)} problem(s)"
-        click.echo(f"{r.rec_id} ({r.recording_hash[:12]}…): {r.files_checked} objects, {r.bytes_checked:,} bytes: {status}", err=True)
+        summary = f"{r.files_checked} objects, {r.bytes_checked:,} bytes"
+        click.echo(f"{r.rec_id} ({r.recording_hash[:12]}…): {summary}: {status}", err=True)
         for p in r.problems:
             click.echo(f"  {p}", err=True)
     if not ok:

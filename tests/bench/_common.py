@@ -310,22 +310,36 @@ class MotoProcess:
 
 # -- a byte-counting TCP proxy in its own process -------------------------------------
 
-#: shared stats layout: c2s bytes, s2c bytes, connections (q); last c2s byte, last s2c byte (d)
-_STATS = struct.Struct("<qqqdd")
+#: shared stats layout: c2s bytes forwarded, s2c bytes, connections, c2s bytes received (q);
+#: last c2s byte forwarded, last s2c byte, last c2s byte received (d)
+_STATS = struct.Struct("<qqqqddd")
 
 
 class ProxyStats:
-    __slots__ = ("c2s_bytes", "connections", "last_c2s", "last_s2c", "s2c_bytes")
+    """``c2s_*``: client to server. "received" = read from the client, "forwarded" = written to the server."""
+
+    __slots__ = ("c2s_bytes", "c2s_recv_bytes", "connections", "last_c2s", "last_c2s_recv", "last_s2c", "s2c_bytes")
 
     def __init__(self, raw: bytes) -> None:
-        self.c2s_bytes, self.s2c_bytes, self.connections, self.last_c2s, self.last_s2c = _STATS.unpack(raw)
+        (
+            self.c2s_bytes,
+            self.s2c_bytes,
+            self.connections,
+            self.c2s_recv_bytes,
+            self.last_c2s,
+            self.last_s2c,
+            self.last_c2s_recv,
+        ) = _STATS.unpack(raw)
 
 
 class ProxyProcess:
     """127.0.0.1:``port`` → 127.0.0.1:``target_port``, counting every forwarded byte.
 
     ``c2s_bytes`` and ``last_c2s`` are the bytes written to the server and the
-    ``time.monotonic()`` just after the last ``sendall`` to it returned.
+    ``time.monotonic()`` just after the last ``sendall`` to it returned;
+    ``c2s_recv_bytes`` and ``last_c2s_recv`` the same for bytes read from the
+    client (what the client had put on the wire, whether or not the server had
+    read it yet). Buffers are the default socket buffers, autotuned by Linux.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -387,7 +401,7 @@ def _proxy_main(port: int, target_port: int, stats_path: str) -> None:
     f = open(stats_path, "r+b")  # noqa: SIM115 - lives as long as the process
     mm = mmap.mmap(f.fileno(), _STATS.size)
     lock = threading.Lock()
-    counters = [0, 0, 0, 0.0, 0.0]
+    counters: list[Any] = [0, 0, 0, 0, 0.0, 0.0, 0.0]
 
     def publish() -> None:
         mm[: _STATS.size] = _STATS.pack(*counters)
@@ -400,15 +414,21 @@ def _proxy_main(port: int, target_port: int, stats_path: str) -> None:
                 n = src.recv_into(buf)
                 if not n:
                     break
+                if to_server:
+                    received = time.monotonic()
+                    with lock:
+                        counters[3] += n
+                        counters[6] = received
+                        publish()
                 dst.sendall(view[:n])
                 now = time.monotonic()
                 with lock:
                     if to_server:
                         counters[0] += n
-                        counters[3] = now
+                        counters[4] = now
                     else:
                         counters[1] += n
-                        counters[4] = now
+                        counters[5] = now
                     publish()
         except OSError:
             pass

@@ -16,8 +16,11 @@ for ``--quiet`` s. The latency is the proxy's timestamp of the last byte it
 forwarded to the server minus the flip time (both ``time.monotonic()``); the
 abort requests (``DELETE ?uploadId``) that follow the stop are part of that
 traffic, so the figure is conservative. "Bytes after flip" is what the proxy
-forwarded to the server after the flip. Also reported: when ``ingest()``
-returned, and multipart uploads left open afterwards (should be 0).
+forwarded to the server after the flip. Because a slow server leaves the
+pre-flip bytes queued in socket buffers, the client side is also reported:
+the last byte the proxy *read from the client* (when the client stopped
+sending) and the bytes it sent after the flip. Also reported: when
+``ingest()`` returned, and multipart uploads left open afterwards (should be 0).
 
 Target: p99 <= 500 ms (the original design let ~60 MiB per file stay in flight, 1-2 s).
 With 20 trials p99 is the worst trial (nearest rank).
@@ -80,7 +83,8 @@ def one_trial(
 
         def flipper() -> None:
             time.sleep(flip_after)
-            flip["bytes"] = proxy.stats().c2s_bytes
+            st = proxy.stats()
+            flip["bytes"], flip["recv_bytes"] = st.c2s_bytes, st.c2s_recv_bytes
             flip["t"] = time.monotonic()
             active.set()
 
@@ -98,6 +102,8 @@ def one_trial(
             "latency_ms": (st.last_c2s - flip["t"]) * 1000,
             "return_ms": (returned - flip["t"]) * 1000,
             "bytes_after_flip": st.c2s_bytes - flip["bytes"],
+            "client_stop_ms": (st.last_c2s_recv - flip["t"]) * 1000,
+            "client_bytes_after_flip": st.c2s_recv_bytes - flip["recv_bytes"],
             "bytes_before_flip": flip["bytes"] - start_bytes,
             "files_uploaded": res.files_uploaded,
             "open_multipart_uploads": open_uploads,
@@ -135,68 +141,53 @@ def main() -> int:
                 continue
             trials.append(r)
             print(
-                f"  trial {len(trials):2d}: flip at {r['flip_after_s']:.2f} s, last byte +{r['latency_ms']:6.0f} ms, "
-                f"{r['bytes_after_flip'] / MiB:6.1f} MiB after flip, ingest returned +{r['return_ms']:6.0f} ms, "
-                f"open uploads {r['open_multipart_uploads']}",
+                f"  trial {len(trials):2d}: flip at {r['flip_after_s']:.2f} s, last byte +{r['latency_ms']:4.0f} ms "
+                f"(client +{r['client_stop_ms']:4.0f} ms), {r['bytes_after_flip'] / MiB:5.1f} MiB after flip, "
+                f"ingest returned +{r['return_ms']:4.0f} ms, open uploads {r['open_multipart_uploads']}",
                 file=sys.stderr,
                 flush=True,
             )
 
-    lat = [r["latency_ms"] for r in trials]
-    after = [r["bytes_after_flip"] for r in trials]
-    ret = [r["return_ms"] for r in trials]
+    def col(key: str) -> list[float]:
+        return [float(r[key]) for r in trials]
+
     rate = [r["bytes_before_flip"] / r["flip_after_s"] / 1e6 for r in trials]
     figures: dict[str, Any] = {
         "bench": "pause_latency",
         "files": args.files,
         "file_mib": args.size_mib,
         "trials": len(trials),
-        "latency_ms_p50": round(percentile(lat, 50), 1),
-        "latency_ms_p99": round(percentile(lat, 99), 1),
-        "latency_ms_max": round(max(lat), 1),
-        "bytes_after_flip_p50": int(percentile(after, 50)),
-        "bytes_after_flip_p99": int(percentile(after, 99)),
-        "bytes_after_flip_per_file_p50": int(percentile(after, 50) / args.files),
-        "return_ms_p50": round(percentile(ret, 50), 1),
-        "return_ms_p99": round(percentile(ret, 99), 1),
         "upload_mb_s_before_flip_median": round(median(rate), 1),
         "open_multipart_uploads_max": max(r["open_multipart_uploads"] for r in trials),
         "target_p99_ms": 500,
         "ours_upload_config": upload_config_used(upload_overrides(args)),
         "loadavg_1m_end": round(os.getloadavg()[0], 2),
-        "runs": [{k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()} for r in trials],
     }
+    for key in ("latency_ms", "client_stop_ms", "return_ms"):
+        xs = col(key)
+        figures.update({f"{key}_p50": round(percentile(xs, 50), 1), f"{key}_p99": round(percentile(xs, 99), 1)})
+    for key in ("bytes_after_flip", "client_bytes_after_flip"):
+        xs = col(key)
+        figures.update({f"{key}_p50": int(percentile(xs, 50)), f"{key}_p99": int(percentile(xs, 99))})
+    figures["bytes_after_flip_per_file_p50"] = int(percentile(col("bytes_after_flip"), 50) / args.files)
+    figures["runs"] = [{k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()} for r in trials]
+
+    def row(label: str, key: str, scale: float = 1.0, fmt: str = "{:.0f}") -> list[str]:
+        xs = [x / scale for x in col(key)]
+        return [label, *(fmt.format(v) for v in (percentile(xs, 50), percentile(xs, 99), max(xs)))]
+
     print_table(
         ["figure", "p50", "p99", "max"],
         [
-            [
-                "flip -> last byte to server (ms)",
-                f"{percentile(lat, 50):.0f}",
-                f"{percentile(lat, 99):.0f}",
-                f"{max(lat):.0f}",
-            ],
-            [
-                "bytes sent after flip (MiB)",
-                f"{percentile(after, 50) / MiB:.1f}",
-                f"{percentile(after, 99) / MiB:.1f}",
-                f"{max(after) / MiB:.1f}",
-            ],
-            [
-                "  per file (MiB)",
-                f"{percentile(after, 50) / MiB / args.files:.1f}",
-                f"{percentile(after, 99) / MiB / args.files:.1f}",
-                f"{max(after) / MiB / args.files:.1f}",
-            ],
-            [
-                "flip -> ingest() returned (ms)",
-                f"{percentile(ret, 50):.0f}",
-                f"{percentile(ret, 99):.0f}",
-                f"{max(ret):.0f}",
-            ],
+            row("flip -> last byte forwarded to server (ms)", "latency_ms"),
+            row("bytes forwarded to server after flip (MiB)", "bytes_after_flip", MiB, "{:.1f}"),
+            row("  per file (MiB)", "bytes_after_flip", MiB * args.files, "{:.1f}"),
+            row("flip -> last byte sent by the client (ms)", "client_stop_ms"),
+            row("bytes sent by the client after flip (MiB)", "client_bytes_after_flip", MiB, "{:.1f}"),
+            row("flip -> ingest() returned (ms)", "return_ms"),
         ],
         title=f"pause latency: {args.files} x {args.size_mib} MiB through a counting proxy to moto, "
-        f"{len(trials)} trials "
-        f"(upload ran at {median(rate):.0f} MB/s before the flip, median)",
+        f"{len(trials)} trials (upload ran at {median(rate):.0f} MB/s before the flip, median)",
     )
     p99 = figures["latency_ms_p99"]
     print(
