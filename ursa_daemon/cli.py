@@ -396,12 +396,16 @@ def download(
 ) -> None:
     """Download a recording's bytes to DEST. TARGET is a recording_hash or a rec_id."""
     _logs_to_stderr(as_json)
+    import logging
+
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    from ursa_daemon.download import DownloadProgress
+    from ursa_daemon.download import LOGGER_NAME, DownloadProgress
 
     console = Console(stderr=True)
+    if console.is_terminal and sys.stdout.isatty():  # the bar tells it all; phase lines would tear it
+        logging.getLogger(LOGGER_NAME).setLevel(logging.WARNING)
     done = 0
     with Progress(
         TextColumn("{task.description}"),
