@@ -110,7 +110,7 @@ def cli(ctx: click.Context, config_path: str | None, profile: str | None) -> Non
 
 @cli.command()
 @click.option("--recording-hash", default=None, help="Exactly this recording.")
-@click.option("--participant", "participants", multiple=True, help="Recordings of this participant (repeatable: any of).")
+@click.option("--participant", "participants", multiple=True, help="Recordings of this participant (repeatable).")
 @click.option("--modality", "modalities", multiple=True, help="Recordings with this modality (repeatable: any of).")
 @click.option("--rec-id", default=None, help="Exactly this session id.")
 @click.option("--limit", type=click.IntRange(min=1), default=None)
@@ -182,22 +182,15 @@ def ingest(obj: Context, rec_dir: Path, participant: str | None, overwrite: bool
     """Upload one session and register it (Path A)."""
     _logs_to_stderr(as_json)
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     from ursa_daemon.ingest import UploadProgress
     from ursa_daemon.ingest import ingest as run_ingest
+    from ursa_daemon.log import byte_progress
 
     data = obj.data()
     data.enable_writes(roles=("assets_rw", "raw_rw"))
     console = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    ) as bar:
+    with byte_progress(console) as bar:
         task = bar.add_task(rec_dir.name, total=None)
 
         def on_progress(p: UploadProgress) -> None:
@@ -223,7 +216,9 @@ def ingest(obj: Context, rec_dir: Path, participant: str | None, overwrite: bool
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.pass_obj
 @_errors_to_exit
-def register_from_store_cmd(obj: Context, rec_id: str, participant: str | None, allow_partial: bool, as_json: bool) -> None:
+def register_from_store_cmd(
+    obj: Context, rec_id: str, participant: str | None, allow_partial: bool, as_json: bool
+) -> None:
     """Verify bytes already in the store and register them (Path B)."""
     _logs_to_stderr(as_json)
     from ursa_daemon.backfill import register_from_store
@@ -235,7 +230,8 @@ def register_from_store_cmd(obj: Context, rec_id: str, participant: str | None, 
     if as_json:
         _emit_json(summary)
     else:
-        click.echo(f"{rec_id}: registered {summary['recording_hash']} ({result.files_skipped} files verified)", err=True)
+        verified = f"({result.files_skipped} files verified)"
+        click.echo(f"{rec_id}: registered {summary['recording_hash']} {verified}", err=True)
 
 
 @cli.command("reconstruct-manifest")
@@ -341,8 +337,9 @@ def status(obj: Context, as_json: bool) -> None:
     state = StateDB(obj.config.state_dir)
     try:
         sessions = state.sessions()
+        state_counts = state.counts()
         doc = {
-            "counts": state.counts(),
+            "counts": state_counts,
             "active": state.meta("active") == "1",
             "sessions": [s.as_json() for s in sessions],
         }
@@ -354,7 +351,8 @@ def status(obj: Context, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="ursa-daemon: " + (", ".join(f"{k} {v}" for k, v in sorted(doc["counts"].items())) or "no sessions"))
+    counts: dict[str, int] = state_counts
+    table = Table(title="ursa-daemon: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no sessions"))
     for col in ("rec_id", "state", "files", "bytes", "attempts", "next attempt", "last error"):
         table.add_column(col)
     for s in sessions:
@@ -399,22 +397,15 @@ def download(
     import logging
 
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     from ursa_daemon.download import LOGGER_NAME, DownloadProgress
+    from ursa_daemon.log import byte_progress
 
     console = Console(stderr=True)
     if console.is_terminal and sys.stdout.isatty():  # the bar tells it all; phase lines would tear it
         logging.getLogger(LOGGER_NAME).setLevel(logging.WARNING)
     done = 0
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    ) as bar:
+    with byte_progress(console) as bar:
         task = bar.add_task(target, total=None)
 
         def on_progress(ev: DownloadProgress) -> None:

@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from ursa_daemon.api import DataInterface
 from ursa_daemon.config import Config, LocalProfile
 from ursa_daemon.ingest import UploadProgress, ingest
+from ursa_daemon.log import byte_progress
 from ursa_daemon.manifest import rel_key
 
 __all__ = ["make_sample_session", "run_demo"]
@@ -70,13 +70,7 @@ def run_demo(config: Config) -> None:
     with tempfile.TemporaryDirectory(prefix="ursa-demo-") as tmp:
         rec_dir = make_sample_session(Path(tmp))
         console.print(f"[bold]1. A rig session[/bold] {rec_dir.name} ({len(SAMPLE_FILES)} files) in {tmp}")
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            console=console,
-        ) as bar:
+        with byte_progress(console) as bar:
             task = bar.add_task("2. ingest", total=None)
 
             def on_progress(p: UploadProgress) -> None:

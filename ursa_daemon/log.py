@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["get_logger", "register_secret", "setup_logging"]
+__all__ = ["byte_progress", "get_logger", "register_secret", "setup_logging"]
 
 _SECRETS: set[str] = set()
 _SECRETS_LOCK = threading.Lock()
@@ -112,6 +112,21 @@ def setup_logging(*, json: bool | None = None, level: str | None = None, stream:
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
+    )
+
+
+def byte_progress(console: Any, *, transient: bool = False) -> Any:
+    """A rich bar for a byte count on ``console``; disabled when it is not a terminal."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+        transient=transient,
     )
 
 
