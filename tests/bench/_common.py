@@ -12,6 +12,12 @@
 * :class:`RssSampler`: peak RSS of a pid, sampled every 20 ms in a thread.
 * :func:`print_table`, :func:`emit_json`: the readable table and the one JSON line.
 
+Every script takes ``--part-mib`` / ``--per-file`` / ``--files-at-once`` to run
+ours with another UploadConfig, and ``conftest`` is loaded by path (the repo is
+not put on ``sys.path``), so ``PYTHONPATH=/tmp/scratch-copy .venv/bin/python
+tests/bench/X.py`` measures a modified copy of ``ursa_daemon`` against the
+same peers without touching the tree.
+
 ``python tests/bench/_common.py proxy ...`` is the proxy's entry point (internal).
 """
 
@@ -179,7 +185,7 @@ def upload_config_used(overrides: dict[str, int]) -> dict[str, Any]:
     """The UploadConfig ours runs with (defaults plus ``overrides``), for the JSON line."""
     from ursa_daemon.config import UploadConfig
 
-    return UploadConfig(**overrides).model_dump()
+    return UploadConfig.model_validate(overrides).model_dump()
 
 
 # -- credentials and configs ----------------------------------------------------------
@@ -258,7 +264,7 @@ class MotoProcess:
         import psutil
 
         t = psutil.Process(self.pid).cpu_times()
-        return t.user + t.system
+        return float(t.user + t.system)
 
     def rss(self) -> int:
         import psutil

@@ -104,7 +104,7 @@ def run_ours(
 
 
 def run_boto3(moto: MotoProcess, rec: Path, bucket: str, mode: str) -> Callable[[], None]:
-    from boto3.s3.transfer import TransferConfig, create_transfer_manager
+    from boto3.s3.transfer import TransferConfig, create_transfer_manager  # type: ignore[import-untyped]
 
     client = boto3_client(moto.endpoint)
     files = session_files(rec)
