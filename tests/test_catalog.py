@@ -26,6 +26,7 @@ from ursa_daemon.catalog import (
     ModalityRow,
     ParticipantRow,
     RecordingRow,
+    SessionRows,
     StorageFormat,
     VirgoAssetRow,
 )
@@ -250,6 +251,63 @@ def test_session_rows_must_agree(catalog: Catalog) -> None:
             modalities=[modality(1, "eeg"), modality(1, "eeg", byte_count=1)],
         )
     assert catalog.list_recordings() == []
+
+
+def rows(n: int, participants: list[str], families: list[str], **kw: Any) -> SessionRows:
+    return SessionRows(
+        participants=[person(p) for p in participants],
+        recording=recording(n, participants, **kw),
+        modalities=[modality(n, f, w) for f, w in (fam.partition("_")[::2] for fam in families)],
+    )
+
+
+def test_a_batch_of_sessions_is_one_commit_per_table(any_catalog: Catalog) -> None:
+    register(any_catalog, 9, ["alice"], ["eeg"])
+    before = any_catalog.table_versions()
+    batch = [
+        rows(1, ["alice"], ["eeg", "camera_0"]),  # alice is already stored: kept, not rewritten
+        rows(2, ["bob"], ["mic"]),
+        rows(3, ["bob", "carol"], ["eeg"]),  # bob first comes earlier in the same batch
+    ]
+    results = any_catalog.register_sessions(batch, on_conflict_participant="keep")
+    assert [r.recording_hash for r in results] == [h(1), h(2), h(3)]  # type: ignore[union-attr]
+    assert delta(before, any_catalog.table_versions()) == {t: 1 for t in SESSION_TABLES}
+    assert {p.participant_id for p in any_catalog.list_participants()} == {"alice", "bob", "carol"}
+    assert sorted(m.worker_subdir for _, ms in any_catalog.query() for m in ms) == sorted(
+        ["eeg", "eeg", "camera_0", "mic", "eeg"]
+    )
+    # the same batch again: nothing to write
+    after = any_catalog.table_versions()
+    again = any_catalog.register_sessions(batch, on_conflict_participant="keep")
+    assert [r.recording_hash for r in again] == [h(1), h(2), h(3)]  # type: ignore[union-attr]
+    assert any_catalog.table_versions() == after
+
+
+def test_a_conflicting_session_in_a_batch_is_left_out_alone(catalog: Catalog) -> None:
+    register(catalog, 1, ["alice"], ["eeg"])
+    before = catalog.table_versions()
+    batch = [
+        rows(2, ["bob"], ["eeg"]),
+        rows(1, ["alice"], ["eeg"], start_time=5),  # differs from the stored recording
+        SessionRows([person("zoe")], recording(3, ["zoe"]), [modality(3, "eeg"), modality(3, "eeg", byte_count=1)]),
+        rows(4, [], ["mic"]),
+        rows(2, ["bob"], ["eeg"], start_time=7),  # differs from session 2 earlier in this batch
+        SessionRows([], recording(5, ["nobody"]), [modality(5, "eeg")]),
+    ]
+    results = catalog.register_sessions(batch)
+    ok, conflict, twice, ok4, conflict_in_batch, unknown = results
+    assert isinstance(ok, RecordingRow) and ok.recording_hash == h(2)
+    assert isinstance(conflict, CatalogRowExists) and conflict.diff == {"start_time": (1001, 5)}
+    assert isinstance(twice, ValueError) and "two different rows" in str(twice)
+    assert isinstance(ok4, RecordingRow)
+    assert isinstance(conflict_in_batch, CatalogRowExists) and conflict_in_batch.diff == {"start_time": (1002, 7)}
+    assert isinstance(unknown, ValueError) and "unregistered participants" in str(unknown)
+    assert delta(before, catalog.table_versions()) == {t: 1 for t in SESSION_TABLES}
+    assert catalog.get_recording(h(1)).start_time == 1001  # type: ignore[union-attr]
+    assert catalog.get_recording(h(2)).start_time == 1002  # type: ignore[union-attr]
+    assert catalog.get_participant("zoe") is None  # its session was left out: none of its rows
+    assert catalog.get_recording(h(3)) is None and catalog.get_recording(h(5)) is None
+    assert catalog.get_modality(h(4), "mic") is not None
 
 
 # -- single-row registration and policies ------------------------------------------------

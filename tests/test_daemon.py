@@ -205,3 +205,14 @@ def test_drain_good_and_bad_sessions(daemon_env: Path, tmp_path: Path) -> None:
     assert sorted(again["already_registered"]) == sorted(r.name for r in good)
     assert again["bytes_uploaded"] == 0 and again["files_uploaded"] == 0
     assert DataInterface(config=load_config(daemon_env)).catalog.table_versions() == versions
+
+    # a backlog drains in batches: one commit per table for these three sessions together
+    more = [write_session(root, f"rec_20260102_00000{i}_bbbb", {"eeg/y.bin": os.urandom(500 + i)}) for i in range(3)]
+    third = json.loads(cli(daemon_env, "drain", "--json").stdout)
+    assert sorted(third["registered"]) == sorted(r.name for r in more)
+    after = DataInterface(config=load_config(daemon_env)).catalog.table_versions()
+    # one batch commit per table, plus the compaction of the optimize that ends every drain
+    # (one commit per session would make it 3 + 1)
+    grown = {t: after[t] - versions[t] for t in versions if after[t] != versions[t]}
+    assert grown == {"recordings": 2, "modalities": 2}
+    assert json.loads(cli(daemon_env, "status", "--json").stdout)["counts"] == {"registered": 6, "rejected": 2}

@@ -102,6 +102,7 @@ __all__ = [
     "ParticipantRow",
     "RecordingConflict",
     "RecordingRow",
+    "SessionRows",
     "StorageFormat",
     "VirgoAssetRow",
 ]
@@ -763,6 +764,15 @@ class _Write:
         return len(self.rows) - self.replaced
 
 
+@dataclass(frozen=True)
+class SessionRows:
+    """One session's rows for :meth:`Catalog.register_sessions`."""
+
+    participants: Sequence[ParticipantRow]
+    recording: RecordingRow
+    modalities: Sequence[ModalityRow]
+
+
 # ---------------------------------------------------------------------------
 # The catalog
 # ---------------------------------------------------------------------------
@@ -1215,6 +1225,76 @@ class Catalog:
             for write in (p_write, m_write, r_write):
                 self._commit(write)
         return stored
+
+    def register_sessions(
+        self,
+        sessions: Sequence[SessionRows],
+        *,
+        on_conflict_recording: RecordingConflict = "error",
+        on_conflict_modality: ModalityConflict = "error",
+        on_conflict_participant: ParticipantConflict = "error",
+    ) -> list[RecordingRow | Exception]:
+        """Register many sessions with one commit per changed table for the whole batch.
+
+        Each session is checked on its own, as :meth:`register_session` would, against
+        the stored rows and the batch's earlier sessions: a session that conflicts gets
+        its exception in its slot of the result and none of its rows are written; the
+        others go on. Commits go participants → modalities → recordings, so a crash
+        between them leaves no recording visible without its modalities. Returns, per
+        session, the stored recording row or the exception that kept it out.
+        """
+        _check_policy("recordings", on_conflict_recording)
+        _check_policy("modalities", on_conflict_modality)
+        _check_policy("participants", on_conflict_participant)
+        p_spec, m_spec, r_spec = _SPECS["participants"], _SPECS["modalities"], _SPECS["recordings"]
+        plan = (
+            (p_spec, on_conflict_participant, lambda s: s.participants),
+            (m_spec, on_conflict_modality, lambda s: s.modalities),
+            (r_spec, on_conflict_recording, lambda s: [s.recording]),
+        )
+        results: list[RecordingRow | Exception] = []
+        with self._write_lock:
+            self._refresh(p_spec, m_spec, r_spec)
+            stored = {
+                spec.name: self._fetch_by_keys(spec, list({r.primary_key() for s in sessions for r in rows(s)}))
+                for spec, _, rows in plan
+            }
+            # key -> row to write, per table, in the order they were staged
+            staged: dict[str, dict[tuple[Any, ...], CatalogRow]] = {spec.name: {} for spec, _, _ in plan}
+            for session in sessions:
+                try:
+                    _check_session(session.participants, session.recording, session.modalities)
+                    mine: dict[str, dict[tuple[Any, ...], CatalogRow]] = {spec.name: {} for spec, _, _ in plan}
+                    for spec, policy, rows in plan:
+                        for row in rows(session):
+                            key = row.primary_key()
+                            seen = mine[spec.name].get(key)
+                            if seen is not None and seen.diff(row):
+                                what = dict(row.primary_key_items())
+                                raise ValueError(f"{spec.name}: two different rows for {what} in one session")
+                            current = staged[spec.name].get(key) or stored[spec.name].get(key)
+                            mine[spec.name][key] = row if current is None else _resolve(current, row, policy)
+                    known = set(mine["participants"]) | set(staged["participants"]) | set(stored["participants"])
+                    unknown = sorted(p for p in session.recording.participant_ids if (p,) not in known)
+                    if unknown:
+                        raise ValueError(
+                            f"recording {session.recording.rec_id} names unregistered participants {unknown}"
+                        )
+                except (CatalogRowExists, ValueError) as exc:
+                    results.append(exc)
+                    continue
+                for spec, _, _ in plan:
+                    for key, row in mine[spec.name].items():
+                        current = staged[spec.name].get(key) or stored[spec.name].get(key)
+                        if row is not current:
+                            staged[spec.name][key] = row
+                (key,) = mine["recordings"]
+                results.append(mine["recordings"][key])  # type: ignore[arg-type]
+            for spec, _, _ in plan:
+                rows_ = list(staged[spec.name].values())
+                replaced = sum(1 for r in rows_ if r.primary_key() in stored[spec.name])
+                self._commit(_Write(spec, rows_, replaced))
+        return results
 
     def _require_participants(self, recording: RecordingRow, passed: Sequence[ParticipantRow]) -> None:
         """Every participant of ``recording`` is passed along or already registered."""

@@ -24,9 +24,10 @@ from typing import Any
 
 from ursa_daemon.activity import Activity, lower_own_priority, recorder_writing
 from ursa_daemon.api import DataInterface
+from ursa_daemon.catalog import RecordingRow, SessionRows
 from ursa_daemon.config import Config
 from ursa_daemon.errors import CatalogRowExists, InputError, UrsaError
-from ursa_daemon.ingest import UploadProgress, ingest
+from ursa_daemon.ingest import UploadProgress, ingest, register_many
 from ursa_daemon.log import get_logger
 from ursa_daemon.manifest import hash_files, load_session
 from ursa_daemon.metrics import METRICS
@@ -55,6 +56,10 @@ DEFAULT_STOP_BUDGET_S = 4.0
 #: compact the catalog and refresh its indexes after this many registrations
 #: (rows in unindexed fragments are scanned: lookups degrade from ~7 ms to ~120 ms after 200)
 DEFAULT_OPTIMIZE_EVERY = 50
+#: ``drain`` registers sessions in batches: one commit per table per batch, flushed
+#: at this many sessions or when the oldest waiting session has waited this long
+DEFAULT_REGISTER_BATCH = 32
+DEFAULT_REGISTER_WAIT_S = 5.0
 
 
 @dataclass
@@ -62,11 +67,14 @@ class Outcome:
     """What one ``process`` call did to a session."""
 
     rec_id: str
-    status: str  # registered, already_registered, paused, failed, rejected, skipped
+    status: str  # registered, already_registered, paused, failed, rejected, skipped, registering
     error: str | None = None
     files_uploaded: int = 0
     files_skipped: int = 0
     bytes_uploaded: int = 0
+    #: with ``process(defer_register=True)``: every byte is in, these rows wait for a batch
+    pending: SessionRows | None = field(default=None, repr=False)
+    started: float = field(default=0.0, repr=False)
 
 
 @dataclass
@@ -165,8 +173,13 @@ class Daemon:
             or not in_upload_window(self.config.upload.windows)
         )
 
-    def process(self, rec_dir: Path, *, signature: str | None = None) -> Outcome:
-        """Take one session as far as it goes now. Never raises for a bad or failing session."""
+    def process(self, rec_dir: Path, *, signature: str | None = None, defer_register: bool = False) -> Outcome:
+        """Take one session as far as it goes now. Never raises for a bad or failing session.
+
+        With ``defer_register`` a session whose bytes are all in comes back as
+        ``registering`` with its rows in ``pending``: pass such outcomes to
+        :meth:`register_pending`.
+        """
         rec_id = rec_dir.name
         root = str(rec_dir.parent)
         if signature is None:
@@ -185,7 +198,7 @@ class Daemon:
         log.info("session.queued", rec_id=rec_id)
         started = time.monotonic()
         try:
-            return self._ingest(rec_dir, started)
+            return self._ingest(rec_dir, started, defer_register)
         except InputError as exc:
             return self._reject(rec_id, str(exc))
         except CatalogRowExists as exc:
@@ -193,7 +206,7 @@ class Daemon:
         except (UrsaError, OSError) as exc:
             return self._fail(rec_id, exc)
 
-    def _ingest(self, rec_dir: Path, started: float) -> Outcome:
+    def _ingest(self, rec_dir: Path, started: float, defer_register: bool = False) -> Outcome:
         rec_id = rec_dir.name
         session = load_session(rec_dir)
         known = self._trusted_hashes(rec_id, rec_dir)
@@ -224,27 +237,54 @@ class Daemon:
             progress=on_progress,
             limiter=self.limiter,
             known_hashes={f.rel_path: f.sha256 for f in files if f.sha256},
+            defer_register=defer_register,
         )
+        counts = (result.files_uploaded, result.files_skipped, result.bytes_uploaded)
         if result.paused:
             self.state.set_state(rec_id, SessionState.PAUSED)
-            return METRICS.outcome(
-                Outcome(rec_id, "paused", None, result.files_uploaded, result.files_skipped, result.bytes_uploaded)
-            )
+            return METRICS.outcome(Outcome(rec_id, "paused", None, *counts))
+        if result.pending is not None:
+            self.state.set_state(rec_id, SessionState.REGISTERING)
+            return Outcome(rec_id, "registering", None, *counts, pending=result.pending, started=started)
         assert result.recording is not None
-        self.state.set_state(rec_id, SessionState.REGISTERED, recording_hash=result.recording.recording_hash)
+        return self._registered(Outcome(rec_id, "registered", None, *counts, started=started), result.recording)
+
+    def _registered(self, outcome: Outcome, recording: RecordingRow) -> Outcome:
+        rec_id = outcome.rec_id
+        self.state.set_state(rec_id, SessionState.REGISTERED, recording_hash=recording.recording_hash)
         self._since_optimize += 1
         if self._since_optimize >= DEFAULT_OPTIMIZE_EVERY:
             self.optimize_catalog()
         log.info(
             "session.done",
             rec_id=rec_id,
-            recording_hash=result.recording.recording_hash,
-            bytes_done=result.bytes_uploaded,
-            elapsed_s=round(time.monotonic() - started, 3),
+            recording_hash=recording.recording_hash,
+            bytes_done=outcome.bytes_uploaded,
+            elapsed_s=round(time.monotonic() - outcome.started, 3),
         )
-        return METRICS.outcome(
-            Outcome(rec_id, "registered", None, result.files_uploaded, result.files_skipped, result.bytes_uploaded)
-        )
+        return METRICS.outcome(outcome)
+
+    def register_pending(self, waiting: list[Outcome]) -> list[Outcome]:
+        """Register sessions left ``registering`` by ``process(defer_register=True)``,
+        one commit per table for the whole batch; one bad session stops nothing."""
+        batch = [o for o in waiting if o.pending is not None]
+        if not batch:
+            return []
+        try:
+            results = register_many(self.data, [o.pending for o in batch if o.pending is not None])
+        except (UrsaError, OSError) as exc:  # the catalog itself is unreachable: retry them all later
+            return [self._fail(o.rec_id, exc) for o in batch]
+        out = []
+        for o, res in zip(batch, results, strict=True):
+            done = Outcome(o.rec_id, "registered", None, o.files_uploaded, o.files_skipped, o.bytes_uploaded)
+            done.started = o.started
+            if isinstance(res, CatalogRowExists | ValueError):  # this session's rows can never go in
+                out.append(self._reject(o.rec_id, f"{o.rec_id}: {res}"))
+            elif isinstance(res, Exception):
+                out.append(self._fail(o.rec_id, res))
+            else:
+                out.append(self._registered(done, res))
+        return out
 
     def optimize_catalog(self) -> None:
         """Compact the catalog and fold new rows into its indexes, if anything was registered."""
@@ -313,6 +353,18 @@ class Daemon:
     ) -> DrainSummary:
         started = time.monotonic()
         summary = DrainSummary()
+        waiting: list[Outcome] = []
+
+        def report(o: Outcome) -> None:
+            summary.add(o)
+            if on_outcome is not None:
+                on_outcome(o)
+
+        def flush() -> None:
+            for o in self.register_pending(waiting):
+                report(o)
+            waiting.clear()
+
         for root in roots:
             for sd in scan_root(root):
                 if self.stopping.is_set():
@@ -328,10 +380,17 @@ class Daemon:
                     continue
                 if on_session is not None:
                     on_session(sd)
-                outcome = self.process(sd.path, signature=sd.signature)
-                summary.add(outcome)
-                if on_outcome is not None:
-                    on_outcome(outcome)
+                outcome = self.process(sd.path, signature=sd.signature, defer_register=True)
+                if outcome.status == "registering":
+                    waiting.append(outcome)
+                else:
+                    report(outcome)
+                if waiting and (
+                    len(waiting) >= DEFAULT_REGISTER_BATCH
+                    or time.monotonic() - waiting[0].started >= DEFAULT_REGISTER_WAIT_S
+                ):
+                    flush()
+        flush()
         self.optimize_catalog()
         summary.elapsed_s = time.monotonic() - started
         return summary

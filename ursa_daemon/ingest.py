@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ursa_daemon.catalog import IngestionStatus, ModalityRow, ParticipantRow, RecordingRow
+from ursa_daemon.catalog import IngestionStatus, ModalityRow, ParticipantRow, RecordingRow, SessionRows
 from ursa_daemon.config import LocalProfile, S3Profile
-from ursa_daemon.errors import ObjectNotFound
+from ursa_daemon.errors import ObjectNotFound, UrsaError
 from ursa_daemon.log import get_logger
 from ursa_daemon.manifest import (
     MANIFEST_NAME,
@@ -45,6 +45,8 @@ __all__ = [
     "UploadProgress",
     "ingest",
     "object_sha256",
+    "register_many",
+    "register_rows",
     "register_session",
     "session_rows",
 ]
@@ -80,13 +82,18 @@ class UploadProgress:
 
 @dataclass(frozen=True)
 class IngestResult:
-    """``paused=True`` means nothing was registered and the session should be retried."""
+    """``paused=True`` means nothing was registered and the session should be retried.
+
+    With ``defer_register`` every byte is in but nothing is registered yet:
+    ``pending`` holds the rows for :func:`register_many`.
+    """
 
     paused: bool
     recording: RecordingRow | None
     files_uploaded: int
     files_skipped: int
     bytes_uploaded: int
+    pending: SessionRows | None = None
 
 
 def ingest(
@@ -100,6 +107,7 @@ def ingest(
     max_concurrent_files: int | None = None,
     limiter: RateLimiter | None = None,
     known_hashes: dict[str, str] | None = None,
+    defer_register: bool = False,
 ) -> IngestResult:
     """Upload a session's files to the raw bucket and register its catalog rows.
 
@@ -108,6 +116,8 @@ def ingest(
     turns true every stream stops and the result says ``paused``. A file whose
     object already exists with the same size and sha256 is skipped unless
     ``overwrite``; ``overwrite`` also replaces differing catalog rows.
+    ``defer_register`` stops after the manifest upload and returns the rows in
+    ``pending``, for a caller that registers many sessions at once.
     """
     should_stop = is_active or (lambda: False)
     session = load_session(Path(rec_dir))
@@ -152,7 +162,10 @@ def ingest(
         elapsed_s=round(time.monotonic() - started, 3),
     )
     span = SessionSpan(rec_id, session.start_time_ns, session.duration_ns)
-    recording = register_session(data, span, files, doc, participant=name, overwrite=overwrite)
+    rows = session_rows(data.profile, span, files, doc, participant=name)
+    if defer_register:
+        return tracker.result(paused=False, recording=None, pending=rows)
+    recording = register_rows(data, rows, overwrite=overwrite)
     return tracker.result(paused=False, recording=recording)
 
 
@@ -238,13 +251,16 @@ class _Progress:
             except Exception as exc:  # a broken callback must not break the upload
                 log.warning("upload.progress_callback_failed", rec_id=self.rec_id, error=repr(exc))
 
-    def result(self, *, paused: bool, recording: RecordingRow | None) -> IngestResult:
+    def result(
+        self, *, paused: bool, recording: RecordingRow | None, pending: SessionRows | None = None
+    ) -> IngestResult:
         return IngestResult(
             paused=paused,
             recording=recording,
             files_uploaded=self.files_uploaded,
             files_skipped=self.files_done - self.files_uploaded,
             bytes_uploaded=self.bytes_uploaded,
+            pending=pending,
         )
 
 
@@ -255,7 +271,7 @@ def session_rows(
     doc: dict[str, Any],
     *,
     participant: str | None,
-) -> tuple[list[ParticipantRow], RecordingRow, list[ModalityRow]]:
+) -> SessionRows:
     """The catalog rows of a session: participant, recording, one modality per worker."""
     rh = doc["recording_hash"]
     rec_id = span.rec_id
@@ -311,7 +327,7 @@ def session_rows(
                 metadata={},
             )
         )
-    return participants, recording, modalities
+    return SessionRows(participants, recording, modalities)
 
 
 def register_session(
@@ -323,22 +339,49 @@ def register_session(
     participant: str | None,
     overwrite: bool = False,
 ) -> RecordingRow:
-    """Write a session's rows: one commit per table, the recording row last.
+    """Write a session's rows: one commit per table, the recording row last."""
+    rows = session_rows(data.profile, span, files, doc, participant=participant)
+    return register_rows(data, rows, overwrite=overwrite)
 
-    A participant already in the catalog is kept as it is (a later session
-    of the same person must not conflict on ``enrolled_at``).
-    """
-    catalog = data._write_catalog()
-    participants, recording, modalities = session_rows(data.profile, span, files, doc, participant=participant)
+
+def _policies(overwrite: bool) -> dict[str, Any]:
+    """A participant already in the catalog is kept as it is (a later session
+    of the same person must not conflict on ``enrolled_at``)."""
     policy: Literal["overwrite", "error"] = "overwrite" if overwrite else "error"
-    row = catalog.register_session(
-        participants=participants,
-        recording=recording,
-        modalities=modalities,
-        on_conflict_recording=policy,
-        on_conflict_modality=policy,
-        on_conflict_participant="keep",
+    return {"on_conflict_recording": policy, "on_conflict_modality": policy, "on_conflict_participant": "keep"}
+
+
+def register_rows(data: DataInterface, rows: SessionRows, *, overwrite: bool = False) -> RecordingRow:
+    """Register one session's rows, one commit per changed table."""
+    row = data._write_catalog().register_session(
+        participants=rows.participants, recording=rows.recording, modalities=rows.modalities, **_policies(overwrite)
     )
-    log.info("session.registered", rec_id=span.rec_id, recording_hash=recording.recording_hash)
+    log.info("session.registered", rec_id=rows.recording.rec_id, recording_hash=row.recording_hash)
     return row
 
+
+def register_many(
+    data: DataInterface, batch: list[SessionRows], *, overwrite: bool = False
+) -> list[RecordingRow | Exception]:
+    """Register a batch of sessions with one commit per changed table for all of them.
+
+    A session that conflicts gets its exception in its slot and the rest go on.
+    When the batch commit itself fails (a lost race with another writer), each
+    session is retried on its own so one cannot take the others down.
+    """
+    if not batch:
+        return []
+    try:
+        results = data._write_catalog().register_sessions(batch, **_policies(overwrite))
+    except UrsaError:
+        results = []
+        for rows in batch:
+            try:
+                results.append(register_rows(data, rows, overwrite=overwrite))
+            except UrsaError as exc:
+                results.append(exc)
+        return results
+    for rows, res in zip(batch, results, strict=True):
+        if not isinstance(res, Exception):
+            log.info("session.registered", rec_id=rows.recording.rec_id, recording_hash=res.recording_hash)
+    return results
