@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from ursa_daemon.errors import InputError, ObjectNotFound
-from ursa_daemon.ingest import IngestResult, SessionSpan, object_sha256, register_session
+from ursa_daemon.catalog import RecordingRow, SessionRows
+from ursa_daemon.errors import InputError, NodesPending, ObjectNotFound
+from ursa_daemon.ingest import IngestResult, SessionSpan, object_sha256, register_rows, register_session, session_rows
 from ursa_daemon.log import get_logger
 from ursa_daemon.manifest import (
     MANIFEST_NAME,
@@ -111,11 +112,16 @@ def register_from_store(
     participant: str | None = None,
     allow_partial: bool = False,
     overwrite: bool = False,
+    confirmed: frozenset[str] = frozenset(),
 ) -> IngestResult:
     """Path B: verify every listed object (size and sha256), then register. No upload.
 
     Refuses with the complete list of what is missing or different. A dual-node
-    session needs every node's manifest unless ``allow_partial``.
+    session needs every node's manifest (else :class:`NodesPending`) unless
+    ``allow_partial`` or the recording is already registered: then a half that
+    arrives later adds its modality rows to the recording of the same ``rec_id``
+    and never changes its ``recording_hash``. ``confirmed`` names files whose
+    objects the caller has just confirmed (not read again).
     """
     _check_rec_id(rec_id)
     raw = data.store("raw_ro")
@@ -123,10 +129,13 @@ def register_from_store(
     src = MANIFEST_NAME if not nodes else NODE_MANIFEST_DIR
     validate_manifest(doc, rec_id, src)
     files = _augmented_files(doc, rec_id, src)
-    if nodes:
-        _check_nodes(raw, rec_id, doc, allow_partial)
+    existing = _registered(data, rec_id) if nodes else None
+    if nodes and existing is None and not allow_partial:
+        _check_nodes(raw, rec_id, doc)
     problems = []
     for entry in files:
+        if entry.rel_path in confirmed:
+            continue
         key = rel_key(rec_id, entry.rel_path)
         try:
             meta = raw.head(key)
@@ -163,23 +172,57 @@ def register_from_store(
     )
     if participant is None:
         participant = _store_participant(raw, rec_id)
-    recording = register_session(
-        data, SessionSpan(rec_id, start_ns, duration_ns), files, doc, participant=participant, overwrite=overwrite
-    )
+    span = SessionSpan(rec_id, start_ns, duration_ns)
+    if existing is not None and existing.recording_hash != rh:
+        recording = _add_late_half(data, existing, span, files, doc, participant)
+    else:
+        recording = register_session(data, span, files, doc, participant=participant, overwrite=overwrite)
     return IngestResult(False, recording, 0, len(files), 0)
 
 
-def _check_nodes(store: Store, rec_id: str, doc: dict[str, Any], allow_partial: bool) -> None:
+def _registered(data: DataInterface, rec_id: str) -> RecordingRow | None:
+    """The recording already registered under ``rec_id`` (a dual-node session's first registration)."""
+    found = data._write_catalog().query(rec_id=rec_id, limit=1)
+    return found[0][0] if found else None
+
+
+def _add_late_half(
+    data: DataInterface,
+    existing: RecordingRow,
+    span: SessionSpan,
+    files: list[FileEntry],
+    doc: dict[str, Any],
+    participant: str | None,
+) -> RecordingRow:
+    """A dual-node half that arrived after the recording was registered: add the modality
+    rows of workers the recording lacks; the recording row, and its hash, stay as they are."""
+    rows = session_rows(
+        data.profile, span, files, {**doc, "recording_hash": existing.recording_hash}, participant=participant
+    )
+    have = {(m.modality, m.worker_id) for _, mods in data._write_catalog().query(rec_id=span.rec_id) for m in mods}
+    new = [m for m in rows.modalities if (m.modality, m.worker_id) not in have]
+    known = [p for p in rows.participants if p.participant_id in existing.participant_ids]
+    recording = register_rows(data, SessionRows(known, existing, new))
+    log.info(
+        "session.late_half_registered",
+        rec_id=span.rec_id,
+        recording_hash=existing.recording_hash,
+        modalities=[m.worker_subdir for m in new],
+    )
+    return recording
+
+
+def _check_nodes(store: Store, rec_id: str, doc: dict[str, Any]) -> None:
     wanted = [str(n) for n in doc.get("nodes") or []]
     prefix = rel_key(rec_id, NODE_MANIFEST_DIR) + "/"
     have = {PurePosixPath(m.key).stem for m in store.list(prefix)}
     missing = [n for n in wanted if n not in have]
-    if missing and not allow_partial:
-        raise InputError(
+    if missing:
+        raise NodesPending(
             f"{rec_id}: node manifest(s) of {', '.join(missing)} are not in the store yet; wait for "
             "those nodes to upload, or pass --allow-partial to register what is there",
             rec_id=rec_id,
-            file=NODE_MANIFEST_DIR,
+            missing=missing,
         )
 
 

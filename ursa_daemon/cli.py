@@ -316,11 +316,12 @@ def drain(obj: Context, roots: tuple[Path, ...], as_json: bool) -> None:
     else:
         click.echo(
             f"drain: {len(summary.registered)} registered, {len(summary.already_registered)} already registered, "
-            f"{len(summary.failed)} failed, {len(summary.rejected)} rejected; "
+            f"{len(summary.failed)} failed, {len(summary.rejected)} rejected, "
+            f"{len(summary.waiting)} waiting for another node; "
             f"{summary.files_uploaded} files / {summary.bytes_uploaded:,} bytes uploaded in {summary.elapsed_s:.1f}s",
             err=True,
         )
-        for item in summary.failed + summary.rejected:
+        for item in summary.failed + summary.rejected + summary.waiting:
             click.echo(f"  {item['rec_id']}: {item['error']}", err=True)
     if not summary.ok:
         sys.exit(EXIT_FAILED)

@@ -26,7 +26,7 @@ from ursa_daemon.activity import Activity, lower_own_priority, recorder_writing
 from ursa_daemon.api import DataInterface
 from ursa_daemon.catalog import RecordingRow, SessionRows
 from ursa_daemon.config import Config
-from ursa_daemon.errors import CatalogRowExists, InputError, UrsaError
+from ursa_daemon.errors import CatalogRowExists, InputError, NodesPending, UrsaError
 from ursa_daemon.ingest import UploadProgress, ingest, register_many
 from ursa_daemon.log import get_logger
 from ursa_daemon.manifest import hash_files, load_session
@@ -67,7 +67,7 @@ class Outcome:
     """What one ``process`` call did to a session."""
 
     rec_id: str
-    status: str  # registered, already_registered, paused, failed, rejected, skipped, registering
+    status: str  # registered, already_registered, paused, failed, rejected, registering, waiting
     error: str | None = None
     files_uploaded: int = 0
     files_skipped: int = 0
@@ -84,6 +84,8 @@ class DrainSummary:
     failed: list[dict[str, str]] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)
     paused: list[str] = field(default_factory=list)
+    #: dual-node halves uploaded and waiting for another node's half (not a failure)
+    waiting: list[dict[str, str]] = field(default_factory=list)
     files_uploaded: int = 0
     files_skipped: int = 0
     bytes_uploaded: int = 0
@@ -92,7 +94,7 @@ class DrainSummary:
     def add(self, o: Outcome) -> None:
         if o.status in ("registered", "already_registered"):
             getattr(self, o.status).append(o.rec_id)
-        elif o.status in ("failed", "rejected"):
+        elif o.status in ("failed", "rejected", "waiting"):
             getattr(self, o.status).append({"rec_id": o.rec_id, "error": o.error or ""})
         elif o.status == "paused":
             self.paused.append(o.rec_id)
@@ -111,6 +113,7 @@ class DrainSummary:
             "failed": self.failed,
             "rejected": self.rejected,
             "paused": self.paused,
+            "waiting": self.waiting,
             "files_uploaded": self.files_uploaded,
             "files_skipped": self.files_skipped,
             "bytes_uploaded": self.bytes_uploaded,
@@ -201,6 +204,8 @@ class Daemon:
             return self._ingest(rec_dir, started, defer_register)
         except InputError as exc:
             return self._reject(rec_id, str(exc))
+        except NodesPending as exc:
+            return self._wait_for_nodes(rec_id, exc)
         except CatalogRowExists as exc:
             return self._reject(rec_id, f"{rec_id}: {exc}")
         except (UrsaError, OSError) as exc:
@@ -315,6 +320,19 @@ class Daemon:
         self.state.set_state(rec_id, SessionState.REJECTED, error=error)
         log.warning("session.rejected", rec_id=rec_id, error=error)
         return METRICS.outcome(Outcome(rec_id, "rejected", error))
+
+    def _wait_for_nodes(self, rec_id: str, exc: NodesPending) -> Outcome:
+        """Our half is in; look again later (backoff as for failures, capped at the same hour)."""
+        prior = self.state.session(rec_id)
+        attempts = (prior.attempts if prior else 0) + 1
+        delay = min(DEFAULT_RETRY_CAP_S, DEFAULT_RETRY_BASE_S * 2 ** (attempts - 1)) * random.uniform(0.75, 1.25)
+        self.state.set_state(
+            rec_id, SessionState.REGISTERING, error=str(exc), next_attempt_at=time.time() + delay, count_attempt=True
+        )
+        log.info("session.waiting_for_nodes", rec_id=rec_id, nodes=exc.missing, retry_in_s=round(delay, 1))
+        r = exc.result
+        counts = (r.files_uploaded, r.files_skipped, r.bytes_uploaded) if r is not None else (0, 0, 0)
+        return METRICS.outcome(Outcome(rec_id, "waiting", str(exc), *counts))
 
     def _fail(self, rec_id: str, exc: BaseException) -> Outcome:
         prior = self.state.session(rec_id)

@@ -129,6 +129,22 @@ class StateLocked(StateError):
     """Another ursa-daemon process holds the lock on this state_dir."""
 
 
+class NodesPending(UrsaError):
+    """A dual-node session cannot be registered yet: some node's half is not in the store.
+
+    Not a failure: the session is retried until every node named in ``nodes``
+    has uploaded its node manifest, or an operator registers what is there
+    (``register-from-store --allow-partial``).
+    """
+
+    def __init__(self, message: str, *, rec_id: str, missing: list[str]) -> None:
+        super().__init__(message)
+        self.rec_id = rec_id
+        self.missing = missing
+        #: the ``IngestResult`` of the upload that preceded, when raised by ``ingest``
+        self.result: Any = None
+
+
 class InputError(UrsaError):
     """A session on disk or in the store is malformed.
 

@@ -19,16 +19,19 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ursa_daemon.catalog import IngestionStatus, ModalityRow, ParticipantRow, RecordingRow, SessionRows
 from ursa_daemon.config import LocalProfile, S3Profile
-from ursa_daemon.errors import ObjectNotFound, UrsaError
+from ursa_daemon.errors import NodesPending, ObjectNotFound, UrsaError
 from ursa_daemon.log import get_logger
 from ursa_daemon.manifest import (
     MANIFEST_NAME,
+    NODE_MANIFEST_DIR,
     PARTICIPANT_NAME,
     FileEntry,
+    Session,
     augment,
     hash_files,
     load_session,
     manifest_bytes,
+    node_files,
     participant_id,
     rel_key,
     split_worker,
@@ -153,6 +156,8 @@ def ingest(
     name = participant if participant is not None else session.participant
     if name is not None:
         raw.put(rel_key(rec_id, PARTICIPANT_NAME), (name + "\n").encode("utf-8"), content_type="text/plain")
+    if session.node_manifests:
+        return _finish_node_half(data, session, files, name, tracker, overwrite)
     raw.put(rel_key(rec_id, MANIFEST_NAME), manifest_bytes(doc), content_type="application/json")
     log.info(
         "upload.session_done",
@@ -167,6 +172,42 @@ def ingest(
         return tracker.result(paused=False, recording=None, pending=rows)
     recording = register_rows(data, rows, overwrite=overwrite)
     return tracker.result(paused=False, recording=recording)
+
+
+def _finish_node_half(
+    data: DataInterface,
+    session: Session,
+    files: list[FileEntry],
+    participant: str | None,
+    tracker: _Progress,
+    overwrite: bool,
+) -> IngestResult:
+    """A dual-node half (SPEC section 2): upload each local node manifest, augmented over
+    its own files, then register once every node named in ``nodes`` is in the store.
+
+    Raises :class:`NodesPending` while another node's half is still missing; no
+    ``manifest.json`` is written for a dual-node session (the node manifests are the markers).
+    """
+    from ursa_daemon.backfill import register_from_store  # backfill builds on this module
+
+    raw = data.store("raw_rw")
+    rec_id = session.rec_id
+    for host, node_doc in session.node_manifests:
+        own = node_files(host, node_doc, session.node_manifests, files)
+        raw.put(
+            rel_key(rec_id, f"{NODE_MANIFEST_DIR}/{host}.json"),
+            manifest_bytes(augment(node_doc, own)),
+            content_type="application/json",
+        )
+    log.info("upload.session_done", rec_id=rec_id, bytes_done=tracker.bytes_uploaded, nodes=len(session.node_manifests))
+    try:
+        done = register_from_store(
+            data, rec_id, participant=participant, overwrite=overwrite, confirmed=frozenset(f.rel_path for f in files)
+        )
+    except NodesPending as exc:
+        exc.result = tracker.result(paused=False, recording=None)  # what moved before the wait
+        raise
+    return tracker.result(paused=False, recording=done.recording)
 
 
 def _files_to_upload(store: Store, rec_id: str, files: list[FileEntry], tracker: _Progress) -> list[FileEntry]:

@@ -11,7 +11,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +25,7 @@ __all__ = [
     "MANIFEST_NAME",
     "MANIFEST_VERSION",
     "NODE_MANIFEST_DIR",
+    "NODE_NAME_RE",
     "PARTICIPANT_NAME",
     "REC_ID_RE",
     "FileEntry",
@@ -35,6 +36,7 @@ __all__ = [
     "hash_files",
     "is_data_name",
     "load_session",
+    "node_files",
     "parse_time_ns",
     "participant_id",
     "read_manifest",
@@ -54,6 +56,8 @@ MAX_MANIFEST_BYTES = 64 << 20
 MAX_PARTICIPANT_BYTES = 256
 
 REC_ID_RE = re.compile(r"^rec_\d{8}_\d{6}_[0-9a-f]{4,32}$")
+#: a node manifest is named after its node: ``_node_manifests/<hostname>.json``
+NODE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 FAMILY_RE = re.compile(r"^[a-z][a-z0-9]*$")
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
 _SKIP_SUFFIXES = (".part", ".tmp", "~")
@@ -357,6 +361,8 @@ class Session:
     start_time_ns: int
     duration_ns: int
     participant: str | None
+    #: dual-node sessions: each local ``_node_manifests/<hostname>.json`` as the rig wrote it
+    node_manifests: tuple[tuple[str, dict[str, Any]], ...] = ()
 
     @property
     def bytes_total(self) -> int:
@@ -393,7 +399,39 @@ def load_session(rec_dir: Path) -> Session:
         )
     files = _check_listed_files(doc, on_disk, rec_dir, src)
     participant = read_participant(rec_dir)
-    return Session(rec_dir, rec_id, doc, tuple(files), start_ns, duration_ns, participant)
+    nodes = tuple(_read_node_manifests(rec_dir)) if src == NODE_MANIFEST_DIR else ()
+    return Session(rec_dir, rec_id, doc, tuple(files), start_ns, duration_ns, participant, nodes)
+
+
+def _read_node_manifests(rec_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(hostname, doc)`` of every ``_node_manifests/*.json``, hostname from the file name."""
+    rec_id = rec_dir.name
+    out = []
+    for p in sorted((rec_dir / NODE_MANIFEST_DIR).glob("*.json")):
+        host = p.stem
+        if not NODE_NAME_RE.match(host):
+            raise InputError(
+                f"{rec_id}: {NODE_MANIFEST_DIR}/{p.name} is not named <hostname>.json (letters, digits, "
+                "'.', '_' and '-' only); rename it after the node that wrote it",
+                rec_id=rec_id,
+                file=f"{NODE_MANIFEST_DIR}/{p.name}",
+            )
+        out.append((host, _load_json(p, rec_id, f"{NODE_MANIFEST_DIR}/{p.name}")))
+    return out
+
+
+def node_files(
+    host: str, doc: dict[str, Any], nodes: Sequence[tuple[str, dict[str, Any]]], files: Sequence[FileEntry]
+) -> list[FileEntry]:
+    """The files a node's manifest covers: those it lists, else every file no other local
+    node manifest lists (the usual case: one node's half on its own rig)."""
+    listed = {f["rel_path"] for f in doc.get("files") or [] if isinstance(f, dict)}
+    if listed:
+        return [f for f in files if f.rel_path in listed]
+    others = {
+        f["rel_path"] for h, d in nodes if h != host for f in d.get("files") or [] if isinstance(f, dict)
+    }
+    return [f for f in files if f.rel_path not in others]
 
 
 def validate_manifest(doc: dict[str, Any], rec_id: str, src: str) -> None:

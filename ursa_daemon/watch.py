@@ -32,7 +32,7 @@ from watchdog.observers import Observer
 
 from ursa_daemon.log import get_logger
 from ursa_daemon.sessions import has_manifest, scan_root, session_of, tree_signature
-from ursa_daemon.state import SessionState
+from ursa_daemon.state import SessionRecord, SessionState
 
 if TYPE_CHECKING:
     from ursa_daemon.daemon import Daemon
@@ -159,9 +159,11 @@ class Runner:
             return list(self.last_change)
 
     def _queue_due_retries(self) -> None:
-        """Failed sessions whose backoff has expired become candidates again."""
+        """Failed sessions, and dual-node halves waiting for another node, whose backoff
+        has expired become candidates again."""
         now = time.time()
-        for rec in self.daemon.state.sessions(SessionState.FAILED):
+        due = [*self.daemon.state.sessions(SessionState.FAILED), *self.daemon.state.sessions(SessionState.REGISTERING)]
+        for rec in due:
             if (rec.next_attempt_at or 0) <= now:
                 rec_dir = Path(rec.root) / rec.rec_id
                 with self.lock:
@@ -213,8 +215,7 @@ class Runner:
         if rec.state in (SessionState.REGISTERED, SessionState.REJECTED):
             _, sig = tree_signature(rec_dir)
             return sig != rec.signature
-        waiting = rec.state is SessionState.FAILED and (rec.next_attempt_at or 0) > now
-        return not waiting
+        return not _backing_off(rec, now)
 
     def _full_scan(self) -> None:
         """Every session under the root becomes a candidate (settle still applies)."""
@@ -228,8 +229,13 @@ class Runner:
                 SessionState.REJECTED,
             ):
                 continue
-            if rec is not None and rec.state is SessionState.FAILED and (rec.next_attempt_at or 0) > now:
+            if rec is not None and _backing_off(rec, now):
                 continue
             with self.lock:
                 self.last_change[sd.path] = min(self.last_change.get(sd.path, sd.last_change), sd.last_change)
         log.debug("daemon.rescan", sessions=found)
+
+
+def _backing_off(rec: SessionRecord, now: float) -> bool:
+    """A failed session, or a dual-node half waiting for another node, before its next attempt."""
+    return rec.state in (SessionState.FAILED, SessionState.REGISTERING) and (rec.next_attempt_at or 0) > now
