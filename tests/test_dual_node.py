@@ -27,7 +27,9 @@ HALF_A = {"eeg_4559/seg_000001.bin": os.urandom(200_000), "mic/take.wav": os.ura
 HALF_B = {"camera_0/seg_000001.mp4": os.urandom(500_000), "camera_0/deep/seg_000002.mp4": b""}
 
 
-def write_half(root: Path, host: str, files: dict[str, bytes], *, nodes: tuple[str, ...] = ("node-a", "node-b")) -> Path:
+def write_half(
+    root: Path, host: str, files: dict[str, bytes], *, nodes: tuple[str, ...] = ("node-a", "node-b")
+) -> Path:
     """One node's half of the session as that node's rig leaves it."""
     rec = root / REC
     for rel, body in files.items():
