@@ -311,7 +311,7 @@ class DataInterface:
         """
         from ursa_daemon.ingest import ingest
 
-        return ingest(self, rec_dir, **kwargs)
+        return ingest(self, Path(rec_dir), **kwargs)
 
     def register_from_store(self, rec_id: str, **kwargs: Any) -> Any:
         """Verify bytes already in the store and register them (Path B)."""

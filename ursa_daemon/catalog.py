@@ -62,15 +62,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar
 
-import lancedb
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
-from lancedb.db import AsyncConnection
-from lancedb.index import Bitmap, BTree, LabelList
-from lancedb.query import ColumnOrdering
-from lancedb.table import AsyncTable
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -81,6 +76,11 @@ from pydantic import (
 )
 
 from ursa_daemon.errors import CatalogError, CatalogRowExists, WritesNotEnabled
+
+if TYPE_CHECKING:
+    from lancedb.db import AsyncConnection
+    from lancedb.index import Bitmap, BTree, LabelList
+    from lancedb.table import AsyncTable
 
 __all__ = [
     "DEFAULT_READ_CONSISTENCY",
@@ -550,11 +550,13 @@ _SPECS: dict[str, _TableSpec] = {
 
 TABLE_NAMES: tuple[str, ...] = tuple(_SPECS)
 
-_INDEX_CONFIGS: dict[IndexKind, Callable[[], BTree | Bitmap | LabelList]] = {
-    "BTREE": BTree,
-    "BITMAP": Bitmap,
-    "LABEL_LIST": LabelList,
-}
+
+def _index_config(kind: IndexKind) -> BTree | Bitmap | LabelList:
+    from lancedb.index import Bitmap, BTree, LabelList
+
+    if kind == "BTREE":
+        return BTree()
+    return Bitmap() if kind == "BITMAP" else LabelList()
 
 # ---------------------------------------------------------------------------
 # Arrow <-> rows
@@ -869,6 +871,8 @@ class Catalog:
         ``read_consistency_interval``: how stale a read may be (None: never look
         for other processes' commits; call :meth:`refresh`).
         """
+        import lancedb  # here, not at import: the upload path never pays for it
+
         loop = _event_loop()
         with _lance_errors(f"open catalog {_redact(uri)}"):
             db = loop.run(
@@ -987,6 +991,8 @@ class Catalog:
         if where:
             query = query.where(where)
         if order_by:
+            from lancedb.query import ColumnOrdering
+
             query = query.order_by([ColumnOrdering(column_name=c) for c in order_by])
         if limit is not None:
             query = query.limit(limit)
@@ -1585,7 +1591,7 @@ async def _ensure_indexes(table: AsyncTable, spec: _TableSpec) -> None:
     indexed = {tuple(ix.columns) for ix in await table.list_indices()}
     for column, kind in spec.indexes:
         if (column,) not in indexed:
-            await table.create_index(column, config=_INDEX_CONFIGS[kind](), replace=False)
+            await table.create_index(column, config=_index_config(kind), replace=False)
 
 
 def _redact(uri: str) -> str:
