@@ -91,6 +91,9 @@ def test_run_registers_a_new_session_but_not_one_still_being_written(
     busy = write_session(root, "rec_20260101_000000_bbbb", {"eeg/b.bin": b"b"}, manifest=False)
     assert wait_for(lambda: registered(daemon_env, done.name), timeout=40), (tmp_path / "run.log").read_text()
     assert not registered(daemon_env, busy.name)
+    # status shows the session the rig is still writing as discovered
+    sessions = {s["rec_id"]: s for s in json.loads(cli(daemon_env, "status", "--json").stdout)["sessions"]}
+    assert sessions[busy.name]["state"] == "discovered"
     # the rig finishes the second session: it is registered once it settles
     (busy / "manifest.json").write_text(json.dumps({"recording_id": busy.name, "start_time": 5}))
     assert wait_for(lambda: registered(daemon_env, busy.name), timeout=40)
@@ -189,9 +192,13 @@ def test_drain_good_and_bad_sessions(daemon_env: Path, tmp_path: Path) -> None:
     assert set(rejected) == {bad_json.name, bad_worker.name}
     assert "not valid JSON" in rejected[bad_json.name]
     assert "Camera" in rejected[bad_worker.name]
+    uploaded = []
     for line in proc.stderr.splitlines():
         doc = json.loads(line)
         assert set(doc) >= STABLE_KEYS
+        if doc["event"] == "upload.file_done":
+            uploaded.append(doc["key"])
+    assert sorted(uploaded) == sorted(f"recordings/{r.name}/eeg/x.bin" for r in good)  # at INFO, object keys
     st = json.loads(cli(daemon_env, "status", "--json").stdout)
     states = {s["rec_id"]: s for s in st["sessions"]}
     assert states[bad_json.name]["state"] == "rejected"

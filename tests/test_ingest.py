@@ -235,3 +235,37 @@ def test_sigkill_mid_ingest_then_rerun_registers_once(backend_config, tmp_path: 
     for rel, body in files.items():
         assert read_back(data, f"recordings/{rec.name}/{rel}") == body
 
+
+
+def test_a_session_changed_after_upload_is_refused_unless_overwrite(data: DataInterface, tmp_path: Path) -> None:
+    """The catalog rows of the stored version must never point at bytes of another version."""
+    rec = make_session(tmp_path, {"eeg_4559/a.bin": b"first" * 1000, "mic/b.wav": b"x" * 100})
+    first = ingest(data, rec).recording
+    assert first is not None
+    (rec / "eeg_4559" / "a.bin").write_bytes(b"second" * 1000)
+    with pytest.raises(InputError) as err:
+        ingest(data, rec)
+    assert rec.name in str(err.value) and "--overwrite" in str(err.value) and err.value.file == "manifest.json"
+    assert read_back(data, f"recordings/{rec.name}/eeg_4559/a.bin") == b"first" * 1000  # not a byte moved
+    [still] = data.query(rec_id=rec.name)
+    assert still.recording_hash == first.recording_hash
+
+    second = ingest(data, rec, overwrite=True).recording
+    assert second is not None and second.recording_hash != first.recording_hash
+    rows = data._write_catalog().query(rec_id=rec.name)
+    assert [r.recording_hash for r, _ in rows] == [second.recording_hash]  # the old version's rows are gone
+    assert data._write_catalog().get_modality(first.recording_hash, "eeg", "4559") is None
+    assert read_back(data, f"recordings/{rec.name}/eeg_4559/a.bin") == b"second" * 1000
+
+
+def test_small_objects_carry_their_sha256_too(data: DataInterface, tmp_path: Path) -> None:
+    rec = make_session(tmp_path, {"eeg_4559/a.bin": b"a" * 10})
+    ingest(data, rec)
+    raw = data.store("raw_ro")
+    for name in ("manifest.json", "participant.txt"):
+        key = f"recordings/{rec.name}/{name}"
+        meta = raw.head(key)
+        if meta.sha256 is not None:  # S3 returns user metadata; the local store keeps none
+            assert meta.sha256 == hashlib.sha256(read_back(data, key)).hexdigest()
+        else:
+            assert data.config.profiles[data.config.profile].kind == "local"

@@ -193,3 +193,31 @@ def test_node_manifests_merge(tmp_path: Path) -> None:
 
 def test_file_entry_worker() -> None:
     assert FileEntry("eeg_4559/deep/x.bin", 1).worker == "eeg_4559"
+
+
+def test_augment_keeps_the_rigs_keys_of_each_file_entry(tmp_path: Path) -> None:
+    rec = make_session(
+        tmp_path,
+        manifest={
+            "recording_id": REC,
+            "start_time": 0,
+            "files": [{"rel_path": "eeg/a.bin", "size": 3, "channel": "Cz"}],
+        },
+        files={"eeg/a.bin": b"abc"},
+    )
+    s = load_session(rec)
+    doc = augment(s.manifest, hash_files(rec, s.files))
+    sha = hashlib.sha256(b"abc").hexdigest()
+    assert doc["files"] == [{"rel_path": "eeg/a.bin", "size": 3, "sha256": sha, "channel": "Cz"}]
+    assert augment(doc, hash_files(rec, s.files)) == doc  # still idempotent
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ({"start_time": 10, "end_time": 5}, "end_time is before start_time"),
+        ({"start_time": 0, "duration_s": float("inf")}, "duration_s"),
+    ],
+)
+def test_impossible_time_spans(tmp_path: Path, extra: dict, words: str) -> None:  # type: ignore[type-arg]
+    expect_error(make_session(tmp_path, manifest={"recording_id": REC, **extra}), words)

@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 from ursa_daemon.catalog import RecordingRow, SessionRows
 from ursa_daemon.errors import InputError, NodesPending, ObjectNotFound
-from ursa_daemon.ingest import IngestResult, SessionSpan, object_sha256, register_rows, register_session, session_rows
+from ursa_daemon.ingest import (
+    IngestResult,
+    SessionSpan,
+    object_sha256,
+    put_small,
+    register_rows,
+    register_session,
+    session_rows,
+)
 from ursa_daemon.log import get_logger
 from ursa_daemon.manifest import (
     MANIFEST_NAME,
@@ -302,6 +310,6 @@ def reconstruct_from_store(data: DataInterface, rec_id: str) -> dict[str, Any]:
     if not files:
         raise InputError(f"{rec_id}: no objects under {prefix} to build a manifest from", rec_id=rec_id)
     doc = _reconstructed(rec_id, files, _store_participant(raw, rec_id))
-    raw.put(rel_key(rec_id, MANIFEST_NAME), manifest_bytes(doc), content_type="application/json")
+    put_small(raw, rel_key(rec_id, MANIFEST_NAME), manifest_bytes(doc), "application/json")
     log.info("manifest.reconstructed", rec_id=rec_id, recording_hash=doc["recording_hash"])
     return doc

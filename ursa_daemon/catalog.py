@@ -1302,6 +1302,27 @@ class Catalog:
                 self._commit(_Write(spec, rows_, replaced))
         return results
 
+    def delete_recording(self, recording_hash: str) -> bool:
+        """Remove a recording and its modality rows; False when there was none.
+
+        The recording row goes first (it is what makes the session visible), then
+        its modalities, so a crash between the two leaves no visible row pointing
+        at anything. For ``ingest --overwrite`` of a session whose files changed.
+        """
+        r_spec, m_spec = _SPECS["recordings"], _SPECS["modalities"]
+        where = f"recording_hash = {_sql_literal(recording_hash)}"
+        with self._write_lock:
+            self._refresh(r_spec, m_spec)
+            found = bool(self._rows(r_spec, where, limit=1)) or bool(self._rows(m_spec, where, limit=1))
+            if not found:
+                return False
+            for spec in (r_spec, m_spec):
+                table = self._writable_table(spec)
+                self._run(table.delete(where), f"delete from {spec.name}")
+                if _note_commit(self._uri) == self._seen_commits + 1:
+                    self._seen_commits += 1
+        return True
+
     def _require_participants(self, recording: RecordingRow, passed: Sequence[ParticipantRow]) -> None:
         """Every participant of ``recording`` is passed along or already registered."""
         missing = sorted(set(recording.participant_ids) - {p.participant_id for p in passed})

@@ -176,6 +176,14 @@ class Daemon:
             or not in_upload_window(self.config.upload.windows)
         )
 
+    def note_discovered(self, rec_dir: Path) -> None:
+        """First sight of a session: a ``discovered`` row, so ``status`` shows it while
+        the rig still writes it or it settles."""
+        rec_id = rec_dir.name
+        if self.state.session(rec_id) is None:
+            self.state.upsert_session(rec_id, str(rec_dir.parent), SessionState.DISCOVERED)
+            log.info("session.discovered", rec_id=rec_id)
+
     def process(self, rec_dir: Path, *, signature: str | None = None, defer_register: bool = False) -> Outcome:
         """Take one session as far as it goes now. Never raises for a bad or failing session.
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ursa_daemon.catalog import IngestionStatus, ModalityRow, ParticipantRow, RecordingRow, SessionRows
 from ursa_daemon.config import LocalProfile, S3Profile
-from ursa_daemon.errors import NodesPending, ObjectNotFound, UrsaError
+from ursa_daemon.errors import InputError, NodesPending, ObjectNotFound, UrsaError
 from ursa_daemon.log import get_logger
 from ursa_daemon.manifest import (
     MANIFEST_NAME,
@@ -48,6 +48,7 @@ __all__ = [
     "UploadProgress",
     "ingest",
     "object_sha256",
+    "put_small",
     "register_many",
     "register_rows",
     "register_session",
@@ -138,7 +139,10 @@ def ingest(
         bandwidth_bytes_per_s=cfg.bandwidth_bytes_per_s,
     )
     tracker = _Progress(files, progress, rec_id)
-    todo = files if overwrite else _files_to_upload(raw, rec_id, files, tracker)
+    stored_doc = _stored_manifest(raw, rec_id)
+    if not session.node_manifests:
+        _replace_changed_version(data, rec_id, rh, stored_doc, overwrite)
+    todo = files if overwrite else _files_to_upload(raw, rec_id, files, tracker, stored_doc)
     started = time.monotonic()
     done = upload_files(
         raw,
@@ -155,10 +159,10 @@ def ingest(
         return tracker.result(paused=True, recording=None)
     name = participant if participant is not None else session.participant
     if name is not None:
-        raw.put(rel_key(rec_id, PARTICIPANT_NAME), (name + "\n").encode("utf-8"), content_type="text/plain")
+        put_small(raw, rel_key(rec_id, PARTICIPANT_NAME), (name + "\n").encode("utf-8"), "text/plain")
     if session.node_manifests:
         return _finish_node_half(data, session, files, name, tracker, overwrite)
-    raw.put(rel_key(rec_id, MANIFEST_NAME), manifest_bytes(doc), content_type="application/json")
+    put_small(raw, rel_key(rec_id, MANIFEST_NAME), manifest_bytes(doc), "application/json")
     log.info(
         "upload.session_done",
         rec_id=rec_id,
@@ -194,11 +198,8 @@ def _finish_node_half(
     rec_id = session.rec_id
     for host, node_doc in session.node_manifests:
         own = node_files(host, node_doc, session.node_manifests, files)
-        raw.put(
-            rel_key(rec_id, f"{NODE_MANIFEST_DIR}/{host}.json"),
-            manifest_bytes(augment(node_doc, own)),
-            content_type="application/json",
-        )
+        body = manifest_bytes(augment(node_doc, own))
+        put_small(raw, rel_key(rec_id, f"{NODE_MANIFEST_DIR}/{host}.json"), body, "application/json")
     log.info("upload.session_done", rec_id=rec_id, bytes_done=tracker.bytes_uploaded, nodes=len(session.node_manifests))
     try:
         done = register_from_store(
@@ -210,14 +211,42 @@ def _finish_node_half(
     return tracker.result(paused=False, recording=done.recording)
 
 
-def _files_to_upload(store: Store, rec_id: str, files: list[FileEntry], tracker: _Progress) -> list[FileEntry]:
+def _replace_changed_version(
+    data: DataInterface, rec_id: str, rh: str, stored_doc: dict[str, Any] | None, overwrite: bool
+) -> None:
+    """Refuse to upload over a different version of the session, unless ``overwrite``.
+
+    The stored ``manifest.json`` is written last, so it names the last version whose
+    every byte went in (and which may be registered). Uploading changed files over it
+    would leave its catalog rows pointing at bytes that are no longer theirs. With
+    ``overwrite`` the old version's rows are removed before the first byte moves.
+    """
+    old = stored_doc.get("recording_hash") if stored_doc else None
+    if not isinstance(old, str) or old == rh:
+        return
+    if not overwrite:
+        raise InputError(
+            f"{rec_id}: the store already holds a different version of this session (recording_hash "
+            f"{old[:12]}…, this one {rh[:12]}…): its files changed after they were uploaded. Restore the "
+            "original files, or run `ursa-daemon ingest --overwrite` to replace the stored version and its "
+            "catalog rows",
+            rec_id=rec_id,
+            file=MANIFEST_NAME,
+        )
+    if data._write_catalog().delete_recording(old):
+        log.warning("session.replaced", rec_id=rec_id, recording_hash=old, error="files changed; --overwrite")
+
+
+def _files_to_upload(
+    store: Store, rec_id: str, files: list[FileEntry], tracker: _Progress, stored_doc: dict[str, Any] | None
+) -> list[FileEntry]:
     """Files whose object is not already there with the same size and sha256.
 
     S3 returns the ``sha256`` user metadata with ``head``. The local store has
     no metadata: there the previously uploaded manifest vouches for it, else
     the object (on the same machine) is hashed: a read, no bytes moved.
     """
-    stored = _stored_hashes(store, rec_id)
+    stored = _stored_hashes(stored_doc)
     todo = []
     for entry in files:
         key = rel_key(rec_id, entry.rel_path)
@@ -236,6 +265,11 @@ def _files_to_upload(store: Store, rec_id: str, files: list[FileEntry], tracker:
     return todo
 
 
+def put_small(store: Store, key: str, body: bytes, content_type: str) -> None:
+    """PUT a small object (manifest, participant) with its ``sha256`` metadata, like every raw object."""
+    store.put(key, body, sha256=hashlib.sha256(body).hexdigest(), content_type=content_type)
+
+
 def object_sha256(store: Store, key: str) -> str:
     """Stream an object through sha256."""
     h = hashlib.sha256()
@@ -245,11 +279,21 @@ def object_sha256(store: Store, key: str) -> str:
     return h.hexdigest()
 
 
-def _stored_hashes(store: Store, rec_id: str) -> dict[str, str]:
+def _stored_manifest(store: Store, rec_id: str) -> dict[str, Any] | None:
+    """The session's ``manifest.json`` in the store, or None (absent or unreadable)."""
     try:
         doc = json.loads(store.get(rel_key(rec_id, MANIFEST_NAME)))
+    except (ObjectNotFound, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _stored_hashes(doc: dict[str, Any] | None) -> dict[str, str]:
+    if doc is None:
+        return {}
+    try:
         return {f["rel_path"]: f["sha256"] for f in doc.get("files", []) if isinstance(f, dict)}
-    except (ObjectNotFound, ValueError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError):
         return {}
 
 
@@ -279,10 +323,10 @@ class _Progress:
                 self.bytes_total,
                 up.entry.rel_path,
             )
-        log.debug(
+        (log.info if up.uploaded else log.debug)(
             "upload.file_done" if up.uploaded else "upload.file_skipped",
             rec_id=self.rec_id,
-            key=up.entry.rel_path,
+            key=rel_key(self.rec_id, up.entry.rel_path),
             bytes_done=self.bytes_processed,
             bytes_total=self.bytes_total,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import stat
@@ -470,11 +471,17 @@ def validate_manifest(doc: dict[str, Any], rec_id: str, src: str) -> None:
 def _duration_ns(doc: dict[str, Any], start_ns: int, rec_id: str, src: str) -> int:
     if doc.get("end_time") is not None:
         end_ns = parse_time_ns(doc["end_time"], rec_id=rec_id, key="end_time", file=src)
-        return max(0, end_ns - start_ns)
+        if end_ns < start_ns:
+            raise InputError(
+                f"{rec_id}: {src}: end_time is before start_time; fix the manifest (or give duration_s instead)",
+                rec_id=rec_id,
+                file=src,
+            )
+        return end_ns - start_ns
     dur = doc.get("duration_s")
     if dur is None:
         return 0
-    if isinstance(dur, bool) or not isinstance(dur, int | float) or dur < 0 or dur != dur:
+    if isinstance(dur, bool) or not isinstance(dur, int | float) or not math.isfinite(dur) or dur < 0:
         raise InputError(f"{rec_id}: {src}: duration_s must be a non-negative number", rec_id=rec_id, file=src)
     return round(dur * 1_000_000_000)
 
@@ -573,7 +580,9 @@ def augment(
     entries = sorted(files, key=lambda e: e.rel_path)
     if any(e.sha256 is None for e in entries):
         raise ValueError("augment() needs hashed files")
-    new_files = [e.as_json() for e in entries]
+    rig_entries = {f.get("rel_path"): f for f in doc.get("files") or [] if isinstance(f, dict)}
+    # the rig's own keys of an entry (say "channel") are kept; ours are set
+    new_files = [{**rig_entries.get(e.rel_path, {}), **e.as_json()} for e in entries]
     rh = recording_hash(e.sha256 for e in entries if e.sha256)
     if doc.get("files") == new_files and doc.get("recording_hash") == rh and "augmented_at" in doc:
         return dict(doc)

@@ -93,7 +93,10 @@ class Runner:
         if rec_dir is None:
             return
         with self.lock:
+            new = rec_dir not in self.last_change
             self.last_change[rec_dir] = time.time()
+        if new:
+            self.daemon.note_discovered(rec_dir)
         if not has_manifest(rec_dir):
             self.activity.touch()  # the rig is writing a session that is not complete
 
@@ -131,8 +134,7 @@ class Runner:
                     stop.wait(TICK_S)
                     continue
                 outcome = self.daemon.process(rec_dir)
-                if outcome.status == "paused":
-                    log.info("session.paused", rec_id=outcome.rec_id, bytes_done=outcome.bytes_uploaded)
+                if outcome.status == "paused":  # ingest logged session.paused
                     self._wait_until_quiet()
         finally:
             sd_notify("STOPPING=1")
@@ -224,6 +226,8 @@ class Runner:
         for sd in scan_root(self.root):
             found += 1
             rec = self.daemon.state.session(sd.rec_id)
+            if rec is None:
+                self.daemon.note_discovered(sd.path)
             if rec is not None and rec.signature == sd.signature and rec.state in (
                 SessionState.REGISTERED,
                 SessionState.REJECTED,
