@@ -104,3 +104,20 @@ def test_unknown_target(tmp_path: Path, target: str) -> None:
     data = DataInterface(profile="local", path=tmp_path / "store")
     with pytest.raises(RecordingNotFoundError, match=target):
         verify(data, target)
+
+
+def test_a_session_replaced_in_the_store_after_registration_is_named(data: DataInterface, tmp_path: Path) -> None:
+    """Objects and manifest of another version, all self-consistent: only the catalog's hash can tell."""
+    s = ingested_session(data, tmp_path, FILES)
+    raw = data.store(Role.RAW_RW)
+    key = f"recordings/{s.rec_id}/"
+    other = os.urandom(1000)
+    raw.put(key + "eeg_a/seg_2.bin", other)
+    doc = json.loads(raw.get(key + "manifest.json"))
+    for f in doc["files"]:
+        if f["rel_path"] == "eeg_a/seg_2.bin":
+            f["sha256"] = hashlib.sha256(other).hexdigest()
+    raw.put(key + "manifest.json", json.dumps(doc).encode())
+    [report] = verify(data, s.rec_id)
+    assert [p.problem for p in report.problems] == ["manifest"]
+    assert s.recording_hash in str(report.problems[0]) and "--overwrite" in str(report.problems[0])

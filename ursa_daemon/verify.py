@@ -28,6 +28,7 @@ from ursa_daemon.manifest import (
     NODE_MANIFEST_DIR,
     check_rel_path,
     merge_node_manifests,
+    recording_hash,
     rel_key,
 )
 from ursa_daemon.store import Store, parse_storage_uri
@@ -166,6 +167,14 @@ def _verify_one(
     where, doc = _manifest(store, qr.rec_id, retry)
     files, problems = _expected(qr.rec_id, where, doc)
     problems += _uncovered(data, qr, files)
+    if where.endswith(MANIFEST_NAME) and not problems:  # (a dual-node late half keeps the first hash)
+        rh = recording_hash(f.sha256 for f in files)
+        if rh != qr.recording_hash:
+            why = (
+                f"its files hash to recording_hash {rh}, but the catalog row is {qr.recording_hash}: the session "
+                "was replaced in the store after it was registered; re-ingest it with --overwrite"
+            )
+            problems.append(Problem(where, "manifest", why))
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="ursa-verify") as pool:
         found = list(pool.map(lambda e: _check(store, e, deep, retry), files))
     problems += [p for p in found if p is not None]
