@@ -17,6 +17,9 @@ Modes:
 * :meth:`FaultProxy.stall_next`: the same trigger, but the response stops for
   ``seconds`` (no server→client byte is forwarded), then carries on.
 * :meth:`FaultProxy.passthrough`: cancel whatever is armed.
+
+``bytes_up`` counts every byte forwarded client→server (what the server
+received), for tests that check how much an upload sent.
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ class _Conn:
                     if data is None:
                         return
                 dst.sendall(data)
+                if not to_client:
+                    self.proxy._count_up(len(data))
         except OSError:
             pass
         finally:
@@ -135,6 +140,8 @@ class FaultProxy:
         #: connections accepted, and faults injected so far
         self.connections = 0
         self.faults = 0
+        #: bytes forwarded client→server so far
+        self.bytes_up = 0
         self._stopping = threading.Event()
         self._conns: list[_Conn] = []
         self._thread = threading.Thread(target=self._accept_loop, name="faultproxy", daemon=True)
@@ -156,6 +163,10 @@ class FaultProxy:
             self._fault = _Fault("stall", n, after_bytes, seconds)
 
     # -- internals --------------------------------------------------------------------
+
+    def _count_up(self, n: int) -> None:
+        with self._lock:
+            self.bytes_up += n
 
     def _armed(self) -> _Fault | None:
         with self._lock:

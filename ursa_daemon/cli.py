@@ -332,17 +332,27 @@ def drain(obj: Context, roots: tuple[Path, ...], as_json: bool) -> None:
 @click.pass_obj
 @_errors_to_exit
 def status(obj: Context, as_json: bool) -> None:
-    """What the state database holds: counts by state, per-session progress, last error."""
+    """What the state database holds: counts by state, per-session progress, last error.
+
+    Sessions with multipart uploads in progress (paused, or killed mid-file)
+    also show each such file's confirmed parts and bytes.
+    """
     from ursa_daemon.state import StateDB
 
     state = StateDB(obj.config.state_dir)
     try:
         sessions = state.sessions()
         state_counts = state.counts()
+        parts = state.part_progress()
+        docs = []
+        for s in sessions:
+            doc = s.as_json()
+            doc["parts"] = [p.as_json() for p in parts.get(s.rec_id, [])]
+            docs.append(doc)
         doc = {
             "counts": state_counts,
             "active": state.meta("active") == "1",
-            "sessions": [s.as_json() for s in sessions],
+            "sessions": docs,
         }
     finally:
         state.close()
@@ -366,7 +376,18 @@ def status(obj: Context, as_json: bool) -> None:
             "" if s.next_attempt_at is None else time.strftime("%H:%M:%S", time.localtime(s.next_attempt_at)),
             (s.last_error or "")[:120],
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if parts:
+        ptable = Table(title="multipart uploads in progress (resume from the first missing part)")
+        for col in ("rec_id", "file", "parts", "bytes"):
+            ptable.add_column(col)
+        for rec_id, files in sorted(parts.items()):
+            for p in files:
+                ptable.add_row(
+                    rec_id, p.rel_path, f"{p.parts_done}/{p.parts_total}", f"{p.bytes_done:,}/{p.bytes_total:,}"
+                )
+        console.print(ptable)
 
 
 @cli.command()

@@ -251,6 +251,7 @@ class Daemon:
             limiter=self.limiter,
             known_hashes={f.rel_path: f.sha256 for f in files if f.sha256},
             defer_register=defer_register,
+            journal=self.state,
         )
         counts = (result.files_uploaded, result.files_skipped, result.bytes_uploaded)
         if result.paused:

@@ -10,7 +10,8 @@ Callers catch the most specific class they can act on::
     │   ├── ObjectNotFound          also a FileNotFoundError
     │   ├── ObjectExists            also a FileExistsError (conditional put lost)
     │   ├── StorePermissionError    also a PermissionError (401/403)
-    │   └── ObjectMismatch          an object's size or sha256 is not what was uploaded
+    │   ├── ObjectMismatch          an object's size or sha256 is not what was uploaded
+    │   └── UploadGone              the server no longer knows a multipart upload id
     ├── CatalogError                LanceDB catalog failure
     │   ├── CatalogRowExists        a differing row holds the primary key; carries a diff
     │   └── WritesNotEnabled        register_* before enable_writes()
@@ -40,6 +41,7 @@ __all__ = [
     "StoreError",
     "StorePermissionError",
     "TransientStoreError",
+    "UploadGone",
     "UrsaError",
     "WritesNotEnabled",
 ]
@@ -88,6 +90,10 @@ class StorePermissionError(StoreError, PermissionError):
 
 class ObjectMismatch(StoreError):
     """An object in the store does not have the size or sha256 it should."""
+
+
+class UploadGone(StoreError):
+    """A multipart upload id the server does not know (completed, aborted or expired)."""
 
 
 class CatalogError(UrsaError):

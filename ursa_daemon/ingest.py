@@ -37,7 +37,14 @@ from ursa_daemon.manifest import (
     split_worker,
 )
 from ursa_daemon.store import LocalStore, Store, storage_uri
-from ursa_daemon.uploader import FileUpload, RateLimiter, UploadLimits, upload_files
+from ursa_daemon.uploader import (
+    FileUpload,
+    RateLimiter,
+    UploadJournal,
+    UploadLimits,
+    abort_uploads,
+    upload_files,
+)
 
 if TYPE_CHECKING:
     from ursa_daemon.api import DataInterface
@@ -112,6 +119,7 @@ def ingest(
     limiter: RateLimiter | None = None,
     known_hashes: dict[str, str] | None = None,
     defer_register: bool = False,
+    journal: UploadJournal | None = None,
 ) -> IngestResult:
     """Upload a session's files to the raw bucket and register its catalog rows.
 
@@ -122,6 +130,9 @@ def ingest(
     ``overwrite``; ``overwrite`` also replaces differing catalog rows.
     ``defer_register`` stops after the manifest upload and returns the rows in
     ``pending``, for a caller that registers many sessions at once.
+    ``journal`` (the daemon's ``StateDB``) keeps multipart uploads and their
+    confirmed parts, so a paused or killed upload continues with the missing
+    parts; without it a paused multipart upload is aborted.
     """
     should_stop = is_active or (lambda: False)
     session = load_session(Path(rec_dir))
@@ -144,16 +155,24 @@ def ingest(
         _replace_changed_version(data, rec_id, rh, stored_doc, overwrite)
     todo = files if overwrite else _files_to_upload(raw, rec_id, files, tracker, stored_doc)
     started = time.monotonic()
-    done = upload_files(
-        raw,
-        session.rec_dir,
-        rec_id,
-        todo,
-        should_stop=should_stop,
-        limits=limits,
-        limiter=limiter or RateLimiter(limits.bandwidth_bytes_per_s),
-        on_done=tracker.file_done,
-    )
+    try:
+        done = upload_files(
+            raw,
+            session.rec_dir,
+            rec_id,
+            todo,
+            should_stop=should_stop,
+            limits=limits,
+            limiter=limiter or RateLimiter(limits.bandwidth_bytes_per_s),
+            on_done=tracker.file_done,
+            journal=journal,
+        )
+    except InputError:  # a file changed: this session's uploads will not be completed as they are
+        if journal is not None:
+            abort_uploads(raw, journal, journal.multipart_uploads(rec_id))
+        raise
+    if done and journal is not None:  # every file is in: what the journal still holds is left over
+        abort_uploads(raw, journal, journal.multipart_uploads(rec_id))
     if not done or should_stop():
         log.info("session.paused", rec_id=rec_id, recording_hash=rh, bytes_done=tracker.bytes_uploaded)
         return tracker.result(paused=True, recording=None)

@@ -1,7 +1,10 @@
 """SQLite resume state under ``state_dir``: the only SQL in the package.
 
 One row per session (state, attempts, last error, next attempt, recording
-hash, progress) and one row per file (size, mtime, sha256, confirmed). WAL
+hash, progress), one row per file (size, mtime, sha256, confirmed), and one
+row per open multipart upload (bucket, key, upload id, the file's size and
+sha256, part size) with one row per confirmed part (number, size, ETag,
+sha256), written as each part is confirmed. WAL
 mode with ``synchronous=FULL``: a committed transaction survives SIGKILL and
 power loss. The schema is versioned with ``PRAGMA user_version`` and upgraded
 by the ordered ``MIGRATIONS``. ``StateLock`` is an exclusive ``flock`` on
@@ -26,7 +29,10 @@ from ursa_daemon.errors import StateError, StateLocked
 
 __all__ = [
     "MIGRATIONS",
+    "FileParts",
     "FileState",
+    "MultipartRecord",
+    "PartRecord",
     "SessionRecord",
     "SessionState",
     "StateDB",
@@ -80,6 +86,30 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 2: multipart uploads in progress and their confirmed parts (part-level resume)
+    """
+    CREATE TABLE uploads (
+        upload_id   TEXT PRIMARY KEY,
+        rec_id      TEXT NOT NULL,
+        rel_path    TEXT NOT NULL,
+        bucket      TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        size        INTEGER NOT NULL,
+        sha256      TEXT NOT NULL,
+        part_size   INTEGER NOT NULL,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX uploads_file ON uploads(rec_id, rel_path);
+    CREATE TABLE parts (
+        upload_id   TEXT NOT NULL REFERENCES uploads(upload_id) ON DELETE CASCADE,
+        number      INTEGER NOT NULL,
+        size        INTEGER NOT NULL,
+        etag        TEXT NOT NULL,
+        sha256      TEXT NOT NULL,
+        PRIMARY KEY (upload_id, number)
+    ) WITHOUT ROWID;
+    """,
 )
 
 
@@ -121,6 +151,53 @@ class FileState:
     mtime_ns: int
     sha256: str | None
     confirmed: bool
+
+
+@dataclass(frozen=True)
+class MultipartRecord:
+    """A multipart upload the daemon started for one file of one session."""
+
+    upload_id: str
+    rec_id: str
+    rel_path: str
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+    part_size: int
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class PartRecord:
+    """One part the server confirmed: 1-based number, size, ETag and sha256 (hex) of its bytes."""
+
+    number: int
+    size: int
+    etag: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class FileParts:
+    """Part progress of one file's open multipart upload, for ``status``."""
+
+    rec_id: str
+    rel_path: str
+    parts_done: int
+    parts_total: int
+    bytes_done: int
+    bytes_total: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "rel_path": self.rel_path,
+            "parts_done": self.parts_done,
+            "parts_total": self.parts_total,
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.bytes_total,
+        }
 
 
 class StateLock:
@@ -298,6 +375,91 @@ class StateDB:
     def confirm_file(self, rec_id: str, rel_path: str) -> None:
         with self._tx() as c:
             c.execute("UPDATE files SET confirmed = 1 WHERE rec_id = ? AND rel_path = ?", (rec_id, rel_path))
+
+
+    # -- multipart uploads (part-level resume) -----------------------------
+
+    def multipart_upload(self, rec_id: str, rel_path: str) -> MultipartRecord | None:
+        rows = self._query("SELECT * FROM uploads WHERE rec_id = ? AND rel_path = ?", (rec_id, rel_path))
+        return _upload(rows[0]) if rows else None
+
+    def multipart_uploads(self, rec_id: str | None = None) -> list[MultipartRecord]:
+        if rec_id is None:
+            rows = self._query("SELECT * FROM uploads ORDER BY created_at")
+        else:
+            rows = self._query("SELECT * FROM uploads WHERE rec_id = ? ORDER BY rel_path", (rec_id,))
+        return [_upload(r) for r in rows]
+
+    def start_multipart(self, rec: MultipartRecord) -> None:
+        """Record a new upload for a file, replacing (with its parts) any older one of that file."""
+        now = time.time()
+        with self._tx() as c:
+            c.execute("DELETE FROM uploads WHERE rec_id = ? AND rel_path = ?", (rec.rec_id, rec.rel_path))
+            c.execute(
+                """INSERT INTO uploads (upload_id, rec_id, rel_path, bucket, key, size, sha256, part_size,
+                   created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (rec.upload_id, rec.rec_id, rec.rel_path, rec.bucket, rec.key, rec.size, rec.sha256,
+                 rec.part_size, now, now),
+            )
+
+    def record_part(self, upload_id: str, part: PartRecord) -> None:
+        """A part the server confirmed; kept until the upload completes or is aborted."""
+        with self._tx() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO parts (upload_id, number, size, etag, sha256) VALUES (?, ?, ?, ?, ?)",
+                (upload_id, part.number, part.size, part.etag, part.sha256),
+            )
+            c.execute("UPDATE uploads SET updated_at = ? WHERE upload_id = ?", (time.time(), upload_id))
+
+    def parts(self, upload_id: str) -> dict[int, PartRecord]:
+        rows = self._query("SELECT * FROM parts WHERE upload_id = ?", (upload_id,))
+        return {r["number"]: PartRecord(r["number"], r["size"], r["etag"], r["sha256"]) for r in rows}
+
+    def forget_multipart(self, upload_id: str) -> None:
+        """The upload completed or was aborted: drop it and its parts."""
+        with self._tx() as c:
+            c.execute("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
+
+    def stale_multipart_uploads(self, *, older_than: float) -> list[MultipartRecord]:
+        """Uploads that will not be continued: their session is registered, rejected or
+        unknown, or no part was confirmed since ``older_than`` (epoch seconds)."""
+        rows = self._query(
+            """SELECT u.* FROM uploads u LEFT JOIN sessions s ON s.rec_id = u.rec_id
+               WHERE s.rec_id IS NULL OR s.state IN (?, ?) OR u.updated_at < ? ORDER BY u.created_at""",
+            (str(SessionState.REGISTERED), str(SessionState.REJECTED), older_than),
+        )
+        return [_upload(r) for r in rows]
+
+    def part_progress(self) -> dict[str, list[FileParts]]:
+        """Per session, the part progress of every open multipart upload."""
+        rows = self._query(
+            """SELECT u.rec_id, u.rel_path, u.size, u.part_size, count(p.number) AS n,
+                      coalesce(sum(p.size), 0) AS done
+               FROM uploads u LEFT JOIN parts p ON p.upload_id = u.upload_id
+               GROUP BY u.upload_id ORDER BY u.rec_id, u.rel_path"""
+        )
+        out: dict[str, list[FileParts]] = {}
+        for r in rows:
+            total = max(1, -(-r["size"] // r["part_size"]))
+            out.setdefault(r["rec_id"], []).append(
+                FileParts(r["rec_id"], r["rel_path"], r["n"], total, r["done"], r["size"])
+            )
+        return out
+
+
+def _upload(r: sqlite3.Row) -> MultipartRecord:
+    return MultipartRecord(
+        upload_id=r["upload_id"],
+        rec_id=r["rec_id"],
+        rel_path=r["rel_path"],
+        bucket=r["bucket"],
+        key=r["key"],
+        size=r["size"],
+        sha256=r["sha256"],
+        part_size=r["part_size"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+    )
 
 
 def _session(r: sqlite3.Row) -> SessionRecord:

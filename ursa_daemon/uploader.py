@@ -1,34 +1,84 @@
-"""A thread pool of cancellable chunked streams.
+"""A thread pool of cancellable uploads, part-level resumable on S3.
 
-Each file body is a :class:`CancellableFile`: an iterator of chunks that asks
-``should_stop()`` before every chunk, takes its bytes from a shared
-:class:`RateLimiter`, and re-hashes what it sends. When the bytes differ from
-the sha256 computed at hashing time the stream raises before the last chunk is
-handed over, so the store never completes the object.
+Three ways a file goes up, chosen by size and store:
+
+* small files, and every file on the local store: one ``Store.put`` whose
+  body is a :class:`CancellableFile` (chunks that ask ``should_stop()`` before
+  each one and re-hash what they send: bytes that differ from the sha256
+  computed at hashing time raise before the last chunk, so the object is never
+  completed);
+* on a :class:`~ursa_daemon.store.base.MultipartStore` (S3), files up to one
+  part: one ``put_stream`` whose body is a :class:`FileRegion`, hashed as it
+  is sent in the same way;
+* larger files there: a multipart upload whose id and confirmed parts go to
+  an :class:`UploadJournal` (the SQLite state) as each part is confirmed.
+  The next attempt, after a pause, a SIGKILL or a reboot, lists the server's
+  parts and sends only the missing ones of the same upload; an upload the
+  server forgot starts again from zero. Every part is hashed before it is
+  sent (its sha256 is the checksum S3 verifies and what the journal records),
+  and the parts' bytes, in order, must hash to the file's sha256 before the
+  upload is completed; otherwise it is aborted and the file reported changed.
+
+A pause cuts the wire: a watcher thread polls ``should_stop()`` every 10 ms and
+sets the shared cancel event; a :class:`FileRegion` checks it before every
+64 KiB slice and raises :class:`UploadInterrupted`, which makes the HTTP layer
+drop the request and its connection. Confirmed parts are kept, the part in
+flight is lost. Bodies are read from disk slice by slice (``os.pread``): memory
+does not grow with the part size.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from ursa_daemon.errors import InputError, ObjectMismatch, StoreError
+from ursa_daemon.errors import InputError, ObjectMismatch, StoreError, TransientStoreError, UploadGone
+from ursa_daemon.log import get_logger
 from ursa_daemon.manifest import FileEntry, rel_key
-from ursa_daemon.store.base import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_CONCURRENCY, DEFAULT_PART_SIZE, Store
+from ursa_daemon.state import MultipartRecord, PartRecord
+from ursa_daemon.store.base import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_PART_SIZE,
+    CompletedPart,
+    MultipartStore,
+    PartInfo,
+    Store,
+)
 
 __all__ = [
     "CancellableFile",
+    "FileRegion",
     "FileUpload",
     "RateLimiter",
     "UploadInterrupted",
+    "UploadJournal",
     "UploadLimits",
+    "abort_uploads",
     "upload_files",
 ]
+
+log = get_logger("ursa.upload")
+
+#: on a MultipartStore, files larger than this go through the cuttable part-level calls
+DEFAULT_SMALL_PUT_MAX = 512 << 10
+#: bytes per read of a streamed body: a pause and the rate limiter act between two slices
+DEFAULT_SLICE_SIZE = 64 << 10
+#: how often the stop watcher polls ``should_stop()``
+DEFAULT_STOP_POLL_S = 0.01
+#: tries of one part (or streamed PUT) on transient errors, backoff doubling from/capped at
+DEFAULT_PART_ATTEMPTS = 5
+DEFAULT_BACKOFF_S = 0.5
+DEFAULT_BACKOFF_CAP_S = 15.0
+_HASH_READ = 1 << 20
 
 
 class UploadInterrupted(Exception):
@@ -47,6 +97,24 @@ class UploadLimits:
     part_size: int = DEFAULT_PART_SIZE
     chunk_size: int = DEFAULT_CHUNK_SIZE
     bandwidth_bytes_per_s: int | None = None
+    small_put_max: int = DEFAULT_SMALL_PUT_MAX
+    slice_size: int = DEFAULT_SLICE_SIZE
+
+
+class UploadJournal(Protocol):
+    """Where multipart uploads and their confirmed parts are kept (``StateDB``)."""
+
+    def multipart_upload(self, rec_id: str, rel_path: str) -> MultipartRecord | None: ...
+
+    def multipart_uploads(self, rec_id: str | None = None) -> list[MultipartRecord]: ...
+
+    def start_multipart(self, rec: MultipartRecord) -> None: ...
+
+    def record_part(self, upload_id: str, part: PartRecord) -> None: ...
+
+    def parts(self, upload_id: str) -> dict[int, PartRecord]: ...
+
+    def forget_multipart(self, upload_id: str) -> None: ...
 
 
 class RateLimiter:
@@ -59,10 +127,12 @@ class RateLimiter:
         self._last = time.monotonic()
         self._lock = threading.Lock()
 
-    def acquire(self, n: int, cancel: threading.Event) -> None:
-        """Take ``n`` bytes, waiting off any debt; returns early when ``cancel`` is set."""
+    def acquire(self, n: int, cancel: threading.Event) -> bool:
+        """Take ``n`` bytes, waiting off any debt; False (at once) when ``cancel`` is or gets set."""
+        if cancel.is_set():
+            return False
         if not self.rate:
-            return
+            return True
         with self._lock:
             now = time.monotonic()
             self._tokens = min(self._capacity, self._tokens + (now - self._last) * self.rate)
@@ -70,7 +140,8 @@ class RateLimiter:
             self._tokens -= n
             debt_s = -self._tokens / self.rate
         if debt_s > 0:
-            cancel.wait(debt_s)
+            return not cancel.wait(debt_s)
+        return True
 
 
 class CancellableFile:
@@ -139,12 +210,99 @@ class CancellableFile:
             raise self._changed("bytes changed since it was hashed")
 
     def _changed(self, what: str) -> InputError:
-        return InputError(
-            f"{self.rec_id}: {self.entry.rel_path} {what} during upload; the session is still "
-            "being written or was modified: let it settle (or restore the file) and retry",
-            rec_id=self.rec_id,
-            file=self.entry.rel_path,
-        )
+        return _changed(self.rec_id, self.entry, what)
+
+
+class FileRegion:
+    """A binary file object over ``size`` bytes of ``fd`` from ``offset``: the body of one request.
+
+    ``read`` returns at most ``slice_size`` bytes (``os.pread``: nothing is
+    buffered), takes them from the shared :class:`RateLimiter` first, and raises
+    :class:`UploadInterrupted` once ``cancel`` is set: the HTTP layer then drops
+    the request and its connection. With ``sha256`` the bytes are hashed as they
+    go and a mismatch raises ``changed(...)`` before the last slice is handed
+    over. ``seek``/``tell`` let the HTTP layer rewind for a retry. ``error``
+    keeps what ``read`` raised (the store may wrap it).
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        offset: int,
+        size: int,
+        *,
+        cancel: threading.Event,
+        limiter: RateLimiter,
+        changed: Callable[[str], InputError],
+        sha256: str | None = None,
+        slice_size: int = DEFAULT_SLICE_SIZE,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.size = size
+        self.cancel = cancel
+        self.limiter = limiter
+        self.changed = changed
+        self.sha256 = sha256
+        self.slice_size = slice_size
+        self.on_bytes = on_bytes
+        self.error: BaseException | None = None
+        self._pos = 0
+        self._hash = hashlib.sha256() if sha256 is not None else None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
+        new = max(0, min(self.size, base + pos))
+        if new != self._pos and self._hash is not None:
+            if new != 0:
+                raise OSError("a hashed FileRegion can only rewind to its start")
+            self._hash = hashlib.sha256()
+        self._pos = new
+        return new
+
+    def read(self, n: int | None = -1) -> bytes:
+        try:
+            return self._read(n)
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def _read(self, n: int | None) -> bytes:
+        left = self.size - self._pos
+        if left <= 0:
+            return b""
+        if self.cancel.is_set():
+            raise UploadInterrupted()
+        want = min(left, self.slice_size if n is None or n < 0 else max(1, min(n, self.slice_size)))
+        if not self.limiter.acquire(want, self.cancel):
+            raise UploadInterrupted()
+        data = os.pread(self.fd, want, self.offset + self._pos)
+        if len(data) < want:
+            raise self.changed(f"shrank below {self.offset + self.size} bytes")
+        self._pos += want
+        if self._hash is not None:
+            self._hash.update(data)
+            if self._pos == self.size and self._hash.hexdigest() != self.sha256:
+                raise self.changed("bytes changed since it was hashed")
+        if self.on_bytes is not None:
+            self.on_bytes(want)
+        return data
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -153,6 +311,285 @@ class FileUpload:
 
     entry: FileEntry
     uploaded: bool
+
+
+@dataclass
+class _Job:
+    """What the part-level paths of one file share."""
+
+    store: MultipartStore
+    key: str
+    path: Path
+    entry: FileEntry
+    rec_id: str
+    limits: UploadLimits
+    cancel: threading.Event
+    limiter: RateLimiter
+    journal: UploadJournal | None
+    on_bytes: Callable[[int], None] | None
+
+    def changed(self, what: str) -> InputError:
+        return _changed(self.rec_id, self.entry, what)
+
+    def open(self) -> int:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise self.changed("vanished before it was uploaded") from None
+        size = os.fstat(fd).st_size
+        if size != self.entry.size:
+            os.close(fd)
+            raise self.changed(f"is now {size} bytes (hashed at {self.entry.size})")
+        return fd
+
+    def send(
+        self, fd: int, offset: int, size: int, send: Callable[[FileRegion], str | None], *, sha256: str | None = None
+    ) -> str | None:
+        """One request whose body is ``size`` bytes at ``offset``, retried on transient errors.
+
+        ``sha256``: hash the body as it goes and check it (the whole file, in one PUT).
+        """
+        for attempt in range(DEFAULT_PART_ATTEMPTS):
+            region = FileRegion(
+                fd,
+                offset,
+                size,
+                cancel=self.cancel,
+                limiter=self.limiter,
+                changed=self.changed,
+                slice_size=self.limits.slice_size,
+                on_bytes=self.on_bytes,
+                sha256=sha256,
+            )
+            try:
+                return send(region)
+            except TransientStoreError as exc:
+                if region.error is not None:
+                    raise region.error from None
+                if self.cancel.is_set():
+                    raise UploadInterrupted() from None
+                if attempt == DEFAULT_PART_ATTEMPTS - 1:
+                    raise
+                delay = min(DEFAULT_BACKOFF_CAP_S, DEFAULT_BACKOFF_S * 2**attempt) * random.uniform(0.75, 1.25)
+                log.info("upload.retry", rec_id=self.rec_id, key=self.key, error=str(exc), retry_in_s=round(delay, 2))
+                if self.cancel.wait(delay):
+                    raise UploadInterrupted() from None
+            except BaseException as exc:
+                if region.error is not None and region.error is not exc:
+                    raise region.error from None
+                raise
+        raise AssertionError("unreachable")
+
+
+def _put_stream(job: _Job) -> None:
+    """Files up to one part: one PUT, cut by a pause, hashed as it goes."""
+    fd = job.open()
+    try:
+        job.send(
+            fd,
+            0,
+            job.entry.size,
+            lambda body: job.store.put_stream(job.key, body, size=job.entry.size, sha256=job.entry.sha256 or ""),
+            sha256=job.entry.sha256,
+        )
+    finally:
+        os.close(fd)
+
+
+def _hash_region(
+    fd: int, offset: int, size: int, whole: hashlib._Hash, cancel: threading.Event, *, md5: bool
+) -> tuple[str, str | None]:
+    """sha256 (and md5, on request) of ``size`` bytes at ``offset``; ``whole`` is fed the same bytes."""
+    h = hashlib.sha256()
+    m = hashlib.md5(usedforsecurity=False) if md5 else None
+    done = 0
+    while done < size:
+        if cancel.is_set():
+            raise UploadInterrupted()
+        data = os.pread(fd, min(_HASH_READ, size - done), offset + done)
+        if not data:
+            break
+        h.update(data)
+        whole.update(data)
+        if m is not None:
+            m.update(data)
+        done += len(data)
+    return h.hexdigest(), (m.hexdigest() if m is not None else None)
+
+
+def _proves(listed: PartInfo, sha256: str, md5: str | None) -> bool:
+    """A part the server holds but the journal missed (killed between the two) has these bytes."""
+    import base64
+
+    if listed.checksum_sha256 is not None:
+        return listed.checksum_sha256 == base64.b64encode(bytes.fromhex(sha256)).decode()
+    return md5 is not None and listed.etag.strip('"') == md5
+
+
+class _Multipart:
+    """One file as a multipart upload that continues where the journal says it stopped."""
+
+    def __init__(self, job: _Job) -> None:
+        self.job = job
+        self.part_size = job.limits.part_size
+        self.nparts = -(-job.entry.size // self.part_size)
+        self.upload_id = ""
+        self.recorded: dict[int, PartRecord] = {}
+        self.unrecorded: dict[int, PartInfo] = {}
+
+    def run(self) -> None:
+        job = self.job
+        fd = job.open()
+        try:
+            self._begin()
+            try:
+                parts = self._send_all(fd)
+                self._complete(parts)
+            except (InputError, UploadGone):
+                self._abandon()
+                raise
+            except UploadInterrupted:
+                if job.journal is None:  # nobody could continue it: do not leave it on the server
+                    self._abandon()
+                raise
+        finally:
+            os.close(fd)
+
+    # -- the upload id ---------------------------------------------------------
+
+    def _begin(self) -> None:
+        job = self.job
+        journal = job.journal
+        rec = journal.multipart_upload(job.rec_id, job.entry.rel_path) if journal is not None else None
+        if rec is not None and (
+            rec.bucket != job.store.bucket
+            or rec.key != job.key
+            or rec.size != job.entry.size
+            or rec.sha256 != job.entry.sha256
+            or rec.part_size != self.part_size
+        ):
+            if rec.bucket == job.store.bucket:
+                job.store.abort_multipart(rec.key, rec.upload_id)
+            assert journal is not None
+            journal.forget_multipart(rec.upload_id)
+            log.info("upload.multipart_replaced", rec_id=job.rec_id, key=job.key, upload_id=rec.upload_id)
+            rec = None
+        if rec is not None:
+            assert journal is not None
+            try:
+                listed = {p.number: p for p in job.store.list_parts(job.key, rec.upload_id)}
+            except UploadGone:
+                journal.forget_multipart(rec.upload_id)
+                log.info("upload.multipart_gone", rec_id=job.rec_id, key=job.key, upload_id=rec.upload_id)
+                rec = None
+            else:
+                self.upload_id = rec.upload_id
+                for n, p in journal.parts(rec.upload_id).items():
+                    server = listed.get(n)
+                    if server is not None and server.etag == p.etag and server.size == p.size:
+                        self.recorded[n] = p
+                self.unrecorded = {n: p for n, p in listed.items() if n not in self.recorded}
+                log.info(
+                    "upload.multipart_resumed",
+                    rec_id=job.rec_id,
+                    key=job.key,
+                    upload_id=rec.upload_id,
+                    parts_confirmed=len(self.recorded),
+                    parts_total=self.nparts,
+                )
+        if rec is None:
+            self.upload_id = job.store.create_multipart(job.key, sha256=job.entry.sha256)
+            if journal is not None:
+                journal.start_multipart(
+                    MultipartRecord(
+                        upload_id=self.upload_id,
+                        rec_id=job.rec_id,
+                        rel_path=job.entry.rel_path,
+                        bucket=job.store.bucket,
+                        key=job.key,
+                        size=job.entry.size,
+                        sha256=job.entry.sha256 or "",
+                        part_size=self.part_size,
+                    )
+                )
+
+    # -- the parts ---------------------------------------------------------------
+
+    def _send_all(self, fd: int) -> list[CompletedPart]:
+        """Hash every part in order (the file's sha256 along the way), send those not confirmed."""
+        job = self.job
+        whole = hashlib.sha256()
+        done: dict[int, CompletedPart] = {}
+        lanes = max(1, job.limits.max_concurrency_per_file)
+        pool = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="ursa-part")
+        pending: set[Future[CompletedPart]] = set()
+
+        def collect(futures: set[Future[CompletedPart]]) -> None:
+            for fut in futures:
+                part = fut.result()
+                done[part.number] = part
+
+        try:
+            for n in range(1, self.nparts + 1):
+                offset = (n - 1) * self.part_size
+                size = min(self.part_size, job.entry.size - offset)
+                sha, md5 = _hash_region(fd, offset, size, whole, job.cancel, md5=n in self.unrecorded)
+                prior = self.recorded.get(n)
+                if prior is not None and prior.sha256 == sha and prior.size == size:
+                    done[n] = CompletedPart(n, prior.etag, sha)
+                    continue
+                listed = self.unrecorded.get(n)
+                if listed is not None and listed.size == size and _proves(listed, sha, md5):
+                    if job.journal is not None:
+                        job.journal.record_part(self.upload_id, PartRecord(n, size, listed.etag, sha))
+                    done[n] = CompletedPart(n, listed.etag, sha)
+                    continue
+                while len(pending) >= lanes:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    collect(finished)
+                pending.add(pool.submit(self._send_part, fd, n, offset, size, sha))
+            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            collect(finished)
+        except BaseException:
+            job.cancel.set()  # the other lanes stop at their next slice; the session stops anyway
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if whole.hexdigest() != job.entry.sha256:
+            raise job.changed("bytes changed since it was hashed")
+        return [done[n] for n in sorted(done)]
+
+    def _send_part(self, fd: int, n: int, offset: int, size: int, sha: str) -> CompletedPart:
+        job = self.job
+        def send(body: FileRegion) -> str:
+            return job.store.upload_part(job.key, self.upload_id, n, body, size=size, sha256=sha)
+
+        etag = job.send(fd, offset, size, send)
+        assert etag is not None
+        if job.journal is not None:
+            job.journal.record_part(self.upload_id, PartRecord(n, size, etag, sha))
+        return CompletedPart(n, etag, sha)
+
+    def _complete(self, parts: list[CompletedPart]) -> None:
+        job = self.job
+        if job.cancel.is_set():
+            raise UploadInterrupted()
+        job.store.complete_multipart(job.key, self.upload_id, parts)
+        if job.journal is not None:
+            job.journal.forget_multipart(self.upload_id)
+
+    def _abandon(self) -> None:
+        """Abort the upload on the server and forget it (best effort: the sweep retries)."""
+        job = self.job
+        if not self.upload_id:
+            return
+        try:
+            job.store.abort_multipart(job.key, self.upload_id)
+        except StoreError as exc:
+            log.warning("upload.abort_failed", rec_id=job.rec_id, key=job.key, error=str(exc))
+            return
+        if job.journal is not None:
+            job.journal.forget_multipart(self.upload_id)
 
 
 def upload_files(
@@ -166,41 +603,48 @@ def upload_files(
     limiter: RateLimiter,
     on_done: Callable[[FileUpload], None],
     on_bytes: Callable[[int], None] | None = None,
+    journal: UploadJournal | None = None,
 ) -> bool:
     """Upload ``files`` concurrently; return False when stopped (paused), True when all done.
 
     ``on_done`` runs on the calling thread after each file, in completion order.
     The first error other than a pause cancels the remaining streams and is raised.
+    ``journal`` keeps multipart uploads across attempts; without one, a paused
+    multipart upload is aborted.
     """
     cancel = threading.Event()
+    finished = threading.Event()
+    parts = isinstance(store, MultipartStore)
+
+    def watch() -> None:
+        while not finished.wait(DEFAULT_STOP_POLL_S):
+            if cancel.is_set():
+                return
+            try:
+                stop = should_stop()
+            except Exception:  # a broken probe must not hide the upload's own outcome
+                continue
+            if stop:
+                cancel.set()
+                return
 
     def one(entry: FileEntry) -> FileUpload:
-        body = CancellableFile(
-            rec_dir / entry.rel_path,
-            entry,
-            rec_id=rec_id,
-            should_stop=should_stop,
-            cancel=cancel,
-            limiter=limiter,
-            chunk_size=limits.chunk_size,
-            on_bytes=on_bytes,
-        )
         key = rel_key(rec_id, entry.rel_path)
-        try:
-            store.put(
-                key,
-                body,
-                sha256=entry.sha256,
-                part_size=limits.part_size,
-                max_concurrency=limits.max_concurrency_per_file,
-            )
-        except (StoreError, OSError) as exc:
-            if body.error is not None and body.error is not exc:
-                raise body.error from None
-            raise
+        path = rec_dir / entry.rel_path
+        if parts and entry.size > limits.small_put_max:
+            assert isinstance(store, MultipartStore)
+            job = _Job(store, key, path, entry, rec_id, limits, cancel, limiter, journal, on_bytes)
+            if entry.size > limits.part_size:
+                _Multipart(job).run()
+            else:
+                _put_stream(job)
+        else:
+            _put_chunks(store, key, path, entry, rec_id, should_stop, cancel, limiter, limits, on_bytes)
         confirm_object(store, key, entry, rec_id)
         return FileUpload(entry, True)
 
+    watcher = threading.Thread(target=watch, name="ursa-stop-watch", daemon=True)
+    watcher.start()
     pool = ThreadPoolExecutor(max_workers=limits.max_concurrent_files, thread_name_prefix="ursa-up")
     pending: set[Future[FileUpload]] = set()
     queue = iter(files)
@@ -225,17 +669,82 @@ def upload_files(
                     cancel.set()
                 else:
                     on_done(fut.result())
-            if not done and should_stop():
-                cancel.set()
             if cancel.is_set() and not pending:
                 break
     finally:
         if error is not None:
             cancel.set()
         pool.shutdown(wait=True, cancel_futures=True)
+        finished.set()
+        watcher.join()
     if error is not None:
         raise error
     return not (interrupted or cancel.is_set())
+
+
+def _put_chunks(
+    store: Store,
+    key: str,
+    path: Path,
+    entry: FileEntry,
+    rec_id: str,
+    should_stop: Callable[[], bool],
+    cancel: threading.Event,
+    limiter: RateLimiter,
+    limits: UploadLimits,
+    on_bytes: Callable[[int], None] | None,
+) -> None:
+    """Small files and the local store: one ``Store.put`` of a :class:`CancellableFile`."""
+    body = CancellableFile(
+        path,
+        entry,
+        rec_id=rec_id,
+        should_stop=should_stop,
+        cancel=cancel,
+        limiter=limiter,
+        chunk_size=limits.chunk_size,
+        on_bytes=on_bytes,
+    )
+    try:
+        store.put(
+            key,
+            body,
+            sha256=entry.sha256,
+            part_size=limits.part_size,
+            max_concurrency=limits.max_concurrency_per_file,
+        )
+    except (StoreError, OSError) as exc:
+        if body.error is not None and body.error is not exc:
+            raise body.error from None
+        raise
+
+
+def abort_uploads(store: Store, journal: UploadJournal, uploads: list[MultipartRecord]) -> int:
+    """Abort ``uploads`` on the server and forget them; how many were. Failures are logged and kept."""
+    if not isinstance(store, MultipartStore):
+        return 0
+    n = 0
+    for rec in uploads:
+        if rec.bucket != store.bucket:
+            continue  # another profile's bucket: not this store's to abort
+        try:
+            store.abort_multipart(rec.key, rec.upload_id)
+        except StoreError as exc:
+            log.warning("upload.abort_failed", rec_id=rec.rec_id, key=rec.key, error=str(exc))
+            continue
+        journal.forget_multipart(rec.upload_id)
+        log.info("upload.multipart_aborted", rec_id=rec.rec_id, key=rec.key, upload_id=rec.upload_id)
+        n += 1
+    return n
+
+
+def _changed(rec_id: str, entry: FileEntry, what: str) -> InputError:
+    return InputError(
+        f"{rec_id}: {entry.rel_path} {what} during upload; the session is still "
+        "being written or was modified: let it settle (or restore the file) and retry",
+        rec_id=rec_id,
+        file=entry.rel_path,
+    )
 
 
 def confirm_object(store: Store, key: str, entry: FileEntry, rec_id: str) -> None:

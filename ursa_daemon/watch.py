@@ -7,12 +7,17 @@
   for missed events; failed sessions come back when their backoff expires.
 - One worker processes one session at a time; the rig's activity, an upload
   window, or SIGTERM stop its streams before their next chunk.
+- A sweep (soon after start, then every ``SWEEP_S``) aborts the multipart
+  uploads the state knows that will never be completed: their session is
+  registered, rejected or forgotten, or no part was confirmed for
+  ``STALE_UPLOAD_S``.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,9 +35,11 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
+from ursa_daemon.errors import UrsaError
 from ursa_daemon.log import get_logger
 from ursa_daemon.sessions import has_manifest, scan_root, session_of, tree_signature
 from ursa_daemon.state import SessionRecord, SessionState
+from ursa_daemon.uploader import abort_uploads
 
 if TYPE_CHECKING:
     from ursa_daemon.daemon import Daemon
@@ -55,6 +62,11 @@ TICK_S = 0.5
 HEARTBEAT_S = 5.0
 #: how often the catalog is compacted when sessions were registered since the last time
 OPTIMIZE_S = 600.0
+#: how often, and how soon after start, stale multipart uploads are aborted
+SWEEP_S = 3600.0
+SWEEP_FIRST_S = 60.0
+#: a multipart upload with no part confirmed for this long is given up (R2 drops them after 7 days)
+STALE_UPLOAD_S = 6 * 86400.0
 
 
 class _Events(FileSystemEventHandler):
@@ -120,6 +132,13 @@ class Runner:
         scheduler.add_job(
             self._queue_due_retries, "interval", seconds=self.config.watch.retry_check_seconds, id="retries"
         )
+        scheduler.add_job(
+            self.sweep_uploads,
+            "interval",
+            seconds=SWEEP_S,
+            id="sweep_uploads",
+            next_run_time=datetime.now() + timedelta(seconds=SWEEP_FIRST_S),
+        )
         scheduler.start()
         metrics_server = serve_metrics(self.config, self.daemon.state, pending_dirs=self._queued_dirs)
         log.info("daemon.started", root=str(self.root), profile=self.config.profile)
@@ -154,6 +173,21 @@ class Runner:
         counts = self.daemon.state.counts()
         status = ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "idle"
         sd_notify(f"WATCHDOG=1\nSTATUS={'recording, paused; ' if active else ''}{status}")
+
+    def sweep_uploads(self, stale_after_s: float = STALE_UPLOAD_S) -> int:
+        """Abort the multipart uploads that will not be continued; how many were."""
+        state = self.daemon.state
+        stale = state.stale_multipart_uploads(older_than=time.time() - stale_after_s)
+        if not stale:
+            return 0
+        try:
+            store = self.daemon.data.store("raw_rw")
+        except UrsaError as exc:  # credentials gone: try again next time
+            log.warning("upload.sweep_failed", error=str(exc))
+            return 0
+        n = abort_uploads(store, state, stale)
+        log.info("upload.swept", aborted=n, stale=len(stale))
+        return n
 
     def _queued_dirs(self) -> list[Path]:
         """Session directories waiting for the worker (for the metrics' oldest pending age)."""

@@ -6,7 +6,7 @@ A ``Store`` is one bucket seen through one credential role. Keys are
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Literal, Protocol, runtime_checkable
@@ -17,10 +17,14 @@ __all__ = [
     "DEFAULT_PART_SIZE",
     "Body",
     "BucketKind",
+    "CompletedPart",
+    "MultipartStore",
     "ObjectMeta",
     "ObjectReader",
+    "PartInfo",
     "Role",
     "Store",
+    "StreamBody",
 ]
 
 #: Bytes read from disk / the network per chunk of a stream.
@@ -111,4 +115,69 @@ class Store(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove the object; a missing object is not an error."""
+        ...
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """One part of a multipart upload as the server lists it."""
+
+    number: int
+    size: int
+    etag: str
+    #: the part's base64 SHA-256, where the server returns it (S3 with a SHA256 upload; not moto)
+    checksum_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class CompletedPart:
+    """What completing a multipart upload needs of each part."""
+
+    number: int
+    etag: str
+    #: lowercase hex sha256 of the part's bytes
+    sha256: str
+
+
+class StreamBody(Protocol):
+    """The body of a part-level request: read in slices, never whole."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+@runtime_checkable
+class MultipartStore(Protocol):
+    """A store whose large uploads can be resumed part by part and cut mid-request (S3).
+
+    Bodies are binary file objects read in small slices: an exception their
+    ``read`` raises (a pause) is re-raised unchanged and the request is
+    dropped on the spot, connection and all. ``upload_part`` and
+    ``put_stream`` try once; their caller retries ``TransientStoreError``.
+    ``sha256`` arguments are lowercase hex; the server verifies them.
+    """
+
+    bucket: str
+
+    def put_stream(self, key: str, body: StreamBody, *, size: int, sha256: str) -> None:
+        """One PUT of ``size`` bytes read from ``body``, with ``sha256`` as checksum and user metadata."""
+        ...
+
+    def create_multipart(self, key: str, *, sha256: str | None = None) -> str:
+        """Start a multipart upload (``sha256``: the whole object's, as user metadata); its upload id."""
+        ...
+
+    def upload_part(self, key: str, upload_id: str, number: int, body: StreamBody, *, size: int, sha256: str) -> str:
+        """Send part ``number`` (1-based); its ETag. Raises ``UploadGone``."""
+        ...
+
+    def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+        """The parts the server holds for ``upload_id``. Raises ``UploadGone``."""
+        ...
+
+    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[CompletedPart]) -> None:
+        """Assemble the object from ``parts`` (ascending numbers). Raises ``UploadGone``."""
+        ...
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Drop the upload and its parts; an id the server no longer knows is not an error."""
         ...

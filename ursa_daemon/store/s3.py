@@ -17,10 +17,16 @@ What a PUT carries:
   CreateMultipartUpload), which S3 verifies. Every request is also SigV4-signed
   over its payload hash (``x-amz-content-sha256``). Pass ``None`` to turn the
   checksum off for a store that rejects it.
+
+Large files go through the part-level calls of :class:`MultipartStore`
+(:mod:`ursa_daemon.store.multipart`, over botocore): resumable multipart
+uploads and single PUTs that a pause can cut mid-request. They use the same
+endpoint, region, credentials and checksum choice as the obstore store.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +34,8 @@ import obstore
 from obstore.store import S3Store as _ObS3Store
 
 from ursa_daemon.store._common import ObstoreBackend, check_key
-from ursa_daemon.store.base import BucketKind
+from ursa_daemon.store.base import BucketKind, CompletedPart, PartInfo, StreamBody
+from ursa_daemon.store.multipart import BotoMultipart
 
 if TYPE_CHECKING:
     from obstore.store import S3Credential
@@ -78,6 +85,20 @@ class S3Store(ObstoreBackend):
         self.endpoint = endpoint
         self.region = region
         self._credentials = credentials
+        token = credentials.session_token.get_secret_value() if credentials.session_token else None
+        self._parts = BotoMultipart(
+            bucket=bucket,
+            endpoint=endpoint,
+            region=region,
+            access_key_id=credentials.access_key_id,
+            secret_access_key=credentials.secret_access_key,
+            session_token=token,
+            checksum=bool(checksum_algorithm),
+            where=self._where,
+            secrets=self._secrets(),
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
         config: dict[str, Any] = {"endpoint": endpoint, "region": region}
         if checksum_algorithm:
             config["checksum_algorithm"] = checksum_algorithm
@@ -148,6 +169,30 @@ class S3Store(ObstoreBackend):
     def _head_raw(self, key: str) -> tuple[dict[str, Any], str | None]:
         result = obstore.get(self._store, key, options={"head": True})
         return dict(result.meta), result.attributes.get("sha256")
+
+    # -- MultipartStore: part-level uploads (see ursa_daemon.store.multipart) ----
+
+    def put_stream(self, key: str, body: StreamBody, *, size: int, sha256: str) -> None:
+        """One PUT of ``size`` bytes from ``body``; a pause raised by ``body.read`` cuts it."""
+        self._parts.put_stream(check_key(key), body, size=size, sha256=sha256)
+
+    def create_multipart(self, key: str, *, sha256: str | None = None) -> str:
+        """Start a multipart upload carrying the ``sha256`` user metadata; its upload id."""
+        return self._parts.create_multipart(check_key(key), sha256=sha256)
+
+    def upload_part(self, key: str, upload_id: str, number: int, body: StreamBody, *, size: int, sha256: str) -> str:
+        """Send one part (checksum ``sha256``, verified by the server); its ETag."""
+        return self._parts.upload_part(check_key(key), upload_id, number, body, size=size, sha256=sha256)
+
+    def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+        """The server's own list of the parts of ``upload_id``; ``UploadGone`` if it forgot it."""
+        return self._parts.list_parts(check_key(key), upload_id)
+
+    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[CompletedPart]) -> None:
+        self._parts.complete_multipart(check_key(key), upload_id, parts)
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        self._parts.abort_multipart(check_key(key), upload_id)
 
     def uri(self, key: str) -> str:
         """``s3://bucket/key``; ``key`` may be a prefix ending in ``/``."""
