@@ -61,7 +61,7 @@ def test_config_is_frozen(tmp_path: Path) -> None:
         (lambda d: d.update(bogus=1), "bogus", "unknown key"),
         (lambda d: d["profiles"]["local"].update(rooot="x"), "profiles.local.rooot", "unknown key"),
         (lambda d: d.update(watch={"settle_secs": 3}), "watch.settle_secs", "unknown key"),
-        (lambda d: d.pop("state_dir"), "state_dir", "missing"),
+        (lambda d: d.pop("profiles"), "profiles", "missing"),
         (lambda d: d["profiles"]["local"].pop("root"), "profiles.local.root", "missing"),
         (lambda d: d.update(watch={"settle_seconds": "soon"}), "watch.settle_seconds", "number"),
         (lambda d: d.update(upload={"max_concurrent_files": "four"}), "upload.max_concurrent_files", "integer"),

@@ -41,6 +41,7 @@ from ursa_daemon.config import (
     resolve_credentials,
 )
 from ursa_daemon.errors import CatalogError, ObjectExists, ObjectNotFound, WritesNotEnabled
+from ursa_daemon.manifest import participant_id
 from ursa_daemon.store import Store, get_store, parse_storage_uri
 from ursa_daemon.store.s3 import lance_storage_options
 
@@ -150,6 +151,19 @@ def _query_result(rec: RecordingRow, mods: Iterable[ModalityRow]) -> QueryResult
         metadata=dict(rec.metadata),
         modalities=_keyed_modalities(mods),
     )
+
+
+def _participant_filter(participants: list[str] | None) -> list[str] | None:
+    """Each value as given (an exact ``participant_id``) and as a typed name normalized
+    the way ingest makes ids (``"Aria Lin"`` -> ``aria_lin``)."""
+    if participants is None:
+        return None
+    out: list[str] = []
+    for p in participants:
+        for v in (p, participant_id(p)):
+            if v and v not in out:
+                out.append(v)
+    return out
 
 
 def _epoch_ns(value: int | datetime) -> int:
@@ -324,7 +338,8 @@ class DataInterface:
     def query(self, spec: QuerySpec | None = None, **kwargs: Any) -> list[QueryResult]:
         """Recordings matching every filter, each with its modality rows.
 
-        Filters: ``participants`` (any of), ``modalities`` (any of; only those
+        Filters: ``participants`` (any of; a typed name such as ``"Aria Lin"`` also
+        matches its normalized id ``aria_lin``), ``modalities`` (any of; only those
         rows are returned), ``recording_hash``, ``rec_id``, ``metadata``
         (equality on each key), ``limit``. Pass a :class:`QuerySpec` or the
         keywords, not both. All filters but ``metadata`` run inside Lance.
@@ -333,7 +348,7 @@ class DataInterface:
             raise TypeError(f"pass a QuerySpec or filter keywords, not both (got {sorted(kwargs)})")
         spec = spec or QuerySpec(**kwargs)
         found = self.catalog.query(
-            participants=spec.participants,
+            participants=_participant_filter(spec.participants),
             modalities=spec.modalities,
             recording_hash=spec.recording_hash,
             rec_id=spec.rec_id,

@@ -14,11 +14,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from ursa_daemon.errors import ConfigError, StateLocked, UrsaError
+from ursa_daemon.errors import ConfigError, NodesPending, StateLocked, UrsaError
 
 if TYPE_CHECKING:
     from ursa_daemon.api import DataInterface
@@ -58,23 +58,42 @@ class Context:
 
 
 def _errors_to_exit(func: F) -> F:
-    """Map ``UrsaError`` to a message and exit code; bugs keep their tracebacks."""
+    """Map ``UrsaError`` to a message and exit code; bugs keep their tracebacks.
+
+    With ``--json`` the failure is also one JSON document on stdout:
+    ``{"error", "exit_code"}`` plus ``rec_id``/``file``/``key`` when the error names them.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json"))
         try:
             return func(*args, **kwargs)
         except ConfigError as exc:
-            click.echo(f"config error: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
+            _fail(exc, "config error", EXIT_USAGE, as_json)
         except StateLocked as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_LOCKED)
+            _fail(exc, "error", EXIT_LOCKED, as_json)
+        except click.UsageError as exc:
+            _fail(exc, "error", EXIT_USAGE, as_json)
         except UrsaError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_FAILED)
+            _fail(exc, "error", EXIT_FAILED, as_json)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _fail(exc: Exception, label: str, code: int, as_json: bool) -> NoReturn:
+    from ursa_daemon.log import scrub
+
+    message = scrub(str(exc))
+    if as_json:
+        doc: dict[str, Any] = {"error": message, "exit_code": code}
+        for attr in ("rec_id", "file", "key"):
+            value = getattr(exc, attr, None)
+            if isinstance(value, str):
+                doc[attr] = scrub(value)
+        _emit_json(doc)
+    click.echo(f"{label}: {message}", err=True)
+    sys.exit(code)
 
 
 def _logs_to_stderr(as_json: bool) -> None:
@@ -156,7 +175,7 @@ def _print_results(results: list[Any]) -> None:
             f"{r.duration_ns / 1e9:.1f}",
             ", ".join(sorted(r.modalities)),
         )
-    Console(stderr=False).print(table)
+    Console(stderr=True).print(table)
 
 
 def _ingest_summary(result: Any, rec_id: str) -> dict[str, Any]:
@@ -196,7 +215,14 @@ def ingest(obj: Context, rec_dir: Path, participant: str | None, overwrite: bool
         def on_progress(p: UploadProgress) -> None:
             bar.update(task, total=p.bytes_total, completed=p.bytes_processed)
 
-        result = run_ingest(data, rec_dir, participant=participant, overwrite=overwrite, progress=on_progress)
+        pending: NodesPending | None = None
+        try:
+            result = run_ingest(data, rec_dir, participant=participant, overwrite=overwrite, progress=on_progress)
+        except NodesPending as exc:  # a dual-node half is in; the peer's is not yet: not a failure
+            pending = exc
+    if pending is not None:
+        _ingest_waiting(pending, rec_dir.name, as_json)
+        return
     summary = _ingest_summary(result, rec_dir.name)
     if as_json:
         _emit_json(summary)
@@ -207,6 +233,26 @@ def ingest(obj: Context, rec_dir: Path, participant: str | None, overwrite: bool
             f"{result.bytes_uploaded:,} bytes)",
             err=True,
         )
+
+
+def _ingest_waiting(exc: NodesPending, rec_id: str, as_json: bool) -> None:
+    """``ingest`` of a dual-node half whose peer has not uploaded yet: exit 0, say who is missing."""
+    result = exc.result
+    counts = {
+        "files_uploaded": 0 if result is None else result.files_uploaded,
+        "files_skipped": 0 if result is None else result.files_skipped,
+        "bytes_uploaded": 0 if result is None else result.bytes_uploaded,
+    }
+    if as_json:
+        doc = {"rec_id": rec_id, "recording_hash": None, "paused": False, **counts}
+        _emit_json({**doc, "waiting": True, "missing": exc.missing})
+        return
+    click.echo(
+        f"{rec_id}: uploaded ({counts['files_uploaded']} uploaded, {counts['files_skipped']} skipped, "
+        f"{counts['bytes_uploaded']:,} bytes); waiting for node(s) {', '.join(exc.missing)}: "
+        "it is registered when their half is in (or: register-from-store --allow-partial)",
+        err=True,
+    )
 
 
 @cli.command("register-from-store")
@@ -272,12 +318,15 @@ def run(obj: Context) -> None:
 
 
 @cli.command()
-@click.argument("roots", nargs=-1, type=click.Path(file_okay=False, path_type=Path))
+@click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON summary on stdout.")
 @click.pass_obj
 @_errors_to_exit
 def drain(obj: Context, roots: tuple[Path, ...], as_json: bool) -> None:
-    """Process every complete session under ROOT (default: the configured root), then exit."""
+    """Process every complete session under ROOT (default: the configured root), then exit.
+
+    A ROOT that is itself a rec_* session directory is that one session.
+    """
     _logs_to_stderr(as_json)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -287,6 +336,7 @@ def drain(obj: Context, roots: tuple[Path, ...], as_json: bool) -> None:
 
     config = obj.config
     targets = [p.resolve() for p in roots] or [config.recordings_root]
+    _check_drain_roots(targets, given=bool(roots), config=config)
     console = Console(stderr=True)
     with Daemon(config) as daemon:
         install_stop_handlers(daemon.stopping)
@@ -327,6 +377,21 @@ def drain(obj: Context, roots: tuple[Path, ...], as_json: bool) -> None:
         sys.exit(EXIT_FAILED)
 
 
+def _check_drain_roots(targets: list[Path], *, given: bool, config: Config) -> None:
+    """Exit 2 naming the path when a root is missing or not a directory (a typo must not drain nothing)."""
+    for root in targets:
+        if root.is_dir():
+            continue
+        what = "does not exist" if not root.exists() else "is not a directory"
+        if given:
+            raise click.BadParameter(f"{root} {what}; give a directory of rec_* sessions or one rec_* directory")
+        raise ConfigError(
+            f"recordings_root {root} {what} (set in {config.source}); create it or fix the config",
+            key="recordings_root",
+            path=None if config.source is None else str(config.source),
+        )
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.pass_obj
@@ -337,6 +402,7 @@ def status(obj: Context, as_json: bool) -> None:
     Sessions with multipart uploads in progress (paused, or killed mid-file)
     also show each such file's confirmed parts and bytes.
     """
+    _logs_to_stderr(as_json)
     from ursa_daemon.state import StateDB
 
     state = StateDB(obj.config.state_dir)
@@ -376,7 +442,7 @@ def status(obj: Context, as_json: bool) -> None:
             "" if s.next_attempt_at is None else time.strftime("%H:%M:%S", time.localtime(s.next_attempt_at)),
             (s.last_error or "")[:120],
         )
-    console = Console()
+    console = Console(stderr=True)
     console.print(table)
     if parts:
         ptable = Table(title="multipart uploads in progress (resume from the first missing part)")
@@ -506,7 +572,16 @@ def check_config_cmd(obj: Context, as_json: bool) -> None:
         config = obj.config
     except ConfigError as exc:
         if as_json:
-            _emit_json({"config": exc.path or obj.config_path, "ok": False, "config_error": str(exc), "key": exc.key})
+            _emit_json(
+                {
+                    "config": exc.path or obj.config_path,
+                    "ok": False,
+                    "config_error": str(exc),
+                    "key": exc.key,
+                    "error": str(exc),
+                    "exit_code": EXIT_USAGE,
+                }
+            )
         click.echo(f"config error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     report = check_config(config)

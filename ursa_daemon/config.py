@@ -147,8 +147,7 @@ class S3Profile(_Frozen):
     credentials_command: str | list[str] | None = None
     #: plain http is only for loopback test servers
     allow_http: bool = False
-    #: Lance commits on S3 need an atomic rename or conditional put; R2 supports If-None-Match
-    catalog_name: str = "main"
+    # No catalog name here: the store's own ursa/ACTIVE.json names the catalog (SPEC 3).
 
     @field_validator("endpoint")
     @classmethod
@@ -221,7 +220,11 @@ class MetricsConfig(_Frozen):
 
 
 class Config(_Frozen):
-    """The whole configuration. Only ``cli`` and ``daemon`` see all of it."""
+    """The whole configuration. Only ``cli`` and ``daemon`` see all of it.
+
+    ``recordings_root`` and ``state_dir`` default to ``./recordings`` and
+    ``./.ursa/state`` next to the config file (filled in by ``config_from_dict``).
+    """
 
     profile: str
     recordings_root: Path
@@ -271,6 +274,9 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 _PATH_KEYS = (("recordings_root",), ("state_dir",), ("activity", "flag_file"))
 
+#: SPEC section 7's values, relative to the config file's directory like every relative path.
+DEFAULT_PATHS = {"recordings_root": "./recordings", "state_dir": "./.ursa/state"}
+
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Read, resolve and validate a config file. Errors name the key path and the file."""
@@ -290,7 +296,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 def config_from_dict(raw: dict[str, Any], *, base_dir: Path, source: Path | None = None) -> Config:
     """Validate a parsed mapping; relative paths are resolved against ``base_dir``."""
-    data = dict(raw)
+    data = {**DEFAULT_PATHS, **raw}
     _resolve_paths(data, base_dir)
     data["source"] = source
     try:

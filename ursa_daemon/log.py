@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["byte_progress", "get_logger", "register_secret", "setup_logging"]
+__all__ = ["byte_progress", "get_logger", "register_secret", "scrub", "setup_logging"]
 
 _SECRETS: set[str] = set()
 _SECRETS_LOCK = threading.Lock()
@@ -50,6 +50,11 @@ def _scrub(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_scrub(v) for v in value]
     return value
+
+
+def scrub(value: Any) -> Any:
+    """``value`` with every registered secret replaced by ``***`` (strings, dicts, lists)."""
+    return _scrub(value) if _SECRETS else value
 
 
 def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

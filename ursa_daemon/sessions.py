@@ -72,7 +72,17 @@ def tree_signature(rec_dir: Path) -> tuple[float, str]:
 
 
 def scan_root(root: Path) -> Iterator[SessionDir]:
-    """Every ``rec_*`` directory directly under ``root``, sorted by name."""
+    """Every ``rec_*`` directory directly under ``root``, sorted by name.
+
+    A ``root`` that is itself a ``rec_*`` session directory is that one session.
+    """
+    if REC_ID_RE.match(Path(root).name) and os.path.isdir(root):
+        try:
+            newest, sig = tree_signature(Path(root))
+        except FileNotFoundError:
+            return
+        yield SessionDir(Path(root), newest, sig, has_manifest(Path(root)))
+        return
     try:
         entries = sorted(os.scandir(root), key=lambda e: e.name)
     except FileNotFoundError:
