@@ -17,6 +17,7 @@ from conftest import s3_config_dict
 
 from ursa_daemon.api import DataInterface
 from ursa_daemon.config import load_config
+from ursa_daemon.daemon import Daemon
 
 STABLE_KEYS = {"timestamp", "level", "logger", "event"}
 
@@ -213,13 +214,15 @@ def test_drain_good_and_bad_sessions(daemon_env: Path, tmp_path: Path) -> None:
     assert again["bytes_uploaded"] == 0 and again["files_uploaded"] == 0
     assert DataInterface(config=load_config(daemon_env)).catalog.table_versions() == versions
 
-    # a backlog drains in batches: one commit per table for these three sessions together
+    # sessions whose bytes are in register as a batch: one commit per table for all three
     more = [write_session(root, f"rec_20260102_00000{i}_bbbb", {"eeg/y.bin": os.urandom(500 + i)}) for i in range(3)]
-    third = json.loads(cli(daemon_env, "drain", "--json").stdout)
-    assert sorted(third["registered"]) == sorted(r.name for r in more)
-    after = DataInterface(config=load_config(daemon_env)).catalog.table_versions()
-    # one batch commit per table, plus the compaction of the optimize that ends every drain
-    # (one commit per session would make it 3 + 1)
-    grown = {t: after[t] - versions[t] for t in versions if after[t] != versions[t]}
-    assert grown == {"recordings": 2, "modalities": 2}
+    with Daemon(load_config(daemon_env)) as daemon:
+        waiting = [daemon.process(r, defer_register=True) for r in more]
+        assert [o.status for o in waiting] == ["registering"] * 3
+        assert not registered(daemon_env, more[0].name)  # uploaded, not yet visible
+        before = daemon.data._write_catalog().table_versions()
+        done = daemon.register_pending(waiting)
+        after = daemon.data._write_catalog().table_versions()
+    assert [o.status for o in done] == ["registered"] * 3
+    assert {t: after[t] - before[t] for t in before if after[t] != before[t]} == {"recordings": 1, "modalities": 1}
     assert json.loads(cli(daemon_env, "status", "--json").stdout)["counts"] == {"registered": 6, "rejected": 2}

@@ -171,7 +171,7 @@ def test_pause_then_resume_sends_only_the_missing_parts(  # type: ignore[no-unty
         env={**os.environ, "COLUMNS": "200"},
     )
     assert text.returncode == 0, text.stderr
-    assert f"{done_parts}/{NPARTS}" in text.stdout and f"{done_parts * PART:,}/{SIZE:,}" in text.stdout
+    assert f"{done_parts}/{NPARTS}" in text.stderr and f"{done_parts * PART:,}/{SIZE:,}" in text.stderr
 
     before = proxy.bytes_up
     with Daemon(config) as daemon, capture_logs() as logs:

@@ -56,10 +56,10 @@ DEFAULT_STOP_BUDGET_S = 4.0
 #: compact the catalog and refresh its indexes after this many registrations
 #: (rows in unindexed fragments are scanned: lookups degrade from ~7 ms to ~120 ms after 200)
 DEFAULT_OPTIMIZE_EVERY = 50
-#: ``drain`` registers sessions in batches: one commit per table per batch, flushed
-#: at this many sessions or when the oldest waiting session has waited this long
+#: ``drain`` registers the sessions that wait together, one commit per table for up to this many
 DEFAULT_REGISTER_BATCH = 32
-DEFAULT_REGISTER_WAIT_S = 5.0
+#: ... gathered for at most this long after the first of them finished uploading
+DEFAULT_REGISTER_LINGER_S = 1.0
 
 
 @dataclass
@@ -380,18 +380,30 @@ class Daemon:
     ) -> DrainSummary:
         started = time.monotonic()
         summary = DrainSummary()
-        waiting: list[Outcome] = []
+        lock = threading.Lock()
 
         def report(o: Outcome) -> None:
-            summary.add(o)
-            if on_outcome is not None:
-                on_outcome(o)
+            with lock:
+                summary.add(o)
+                if on_outcome is not None:
+                    on_outcome(o)
 
-        def flush() -> None:
-            for o in self.register_pending(waiting):
-                report(o)
-            waiting.clear()
+        registrar = _Registrar(self, report)
+        try:
+            self._drain_roots(roots, registrar, report, on_session)
+        finally:
+            registrar.close()  # every session whose bytes are in gets registered, even on SIGTERM
+        self.optimize_catalog()
+        summary.elapsed_s = time.monotonic() - started
+        return summary
 
+    def _drain_roots(
+        self,
+        roots: list[Path],
+        registrar: _Registrar,
+        report: Callable[[Outcome], None],
+        on_session: Callable[[SessionDir], None] | None,
+    ) -> None:
         for root in roots:
             for sd in scan_root(root):
                 if self.stopping.is_set():
@@ -403,24 +415,15 @@ class Daemon:
                             f"{sd.rec_id}: no manifest.json and no _node_manifests/*.json; if the rig "
                             "will not write one, run `ursa-daemon reconstruct-manifest`",
                         )
-                        summary.add(o)
+                        report(o)
                     continue
                 if on_session is not None:
                     on_session(sd)
                 outcome = self.process(sd.path, signature=sd.signature, defer_register=True)
                 if outcome.status == "registering":
-                    waiting.append(outcome)
+                    registrar.submit(outcome)
                 else:
                     report(outcome)
-                if waiting and (
-                    len(waiting) >= DEFAULT_REGISTER_BATCH
-                    or time.monotonic() - waiting[0].started >= DEFAULT_REGISTER_WAIT_S
-                ):
-                    flush()
-        flush()
-        self.optimize_catalog()
-        summary.elapsed_s = time.monotonic() - started
-        return summary
 
     # -- run --------------------------------------------------------------
 
@@ -430,6 +433,60 @@ class Daemon:
 
         lower_own_priority()
         Runner(self).run()
+
+
+class _Registrar:
+    """Registers drained sessions on its own thread while the next ones upload.
+
+    What gathers within ``DEFAULT_REGISTER_LINGER_S`` of the first waiting session
+    goes in as one batch (one commit per table, at most ``DEFAULT_REGISTER_BATCH``
+    sessions): a slow upload's session is registered a second after its last byte,
+    a backlog of small sessions in a few large commits.
+    """
+
+    def __init__(self, daemon: Daemon, report: Callable[[Outcome], None]) -> None:
+        self.daemon = daemon
+        self.report = report
+        self.waiting: list[Outcome] = []
+        self.cond = threading.Condition()
+        self.closing = False
+        self.thread = threading.Thread(target=self._loop, name="ursa-registrar", daemon=True)
+        self.thread.start()
+
+    def submit(self, outcome: Outcome) -> None:
+        with self.cond:
+            self.waiting.append(outcome)
+            self.cond.notify()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closing = True
+            self.cond.notify()
+        self.thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while not self.waiting and not self.closing:
+                    self.cond.wait()
+                if not self.waiting:
+                    return
+                # let a backlog of small sessions gather for a moment: fewer, larger commits
+                deadline = time.monotonic() + DEFAULT_REGISTER_LINGER_S
+                while len(self.waiting) < DEFAULT_REGISTER_BATCH and not self.closing:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self.cond.wait(left)
+                batch = self.waiting[:DEFAULT_REGISTER_BATCH]
+                del self.waiting[: len(batch)]
+            try:
+                outcomes = self.daemon.register_pending(batch)
+            except Exception as exc:  # a bug must not strand sessions as "registering" silently
+                log.exception("daemon.registrar_failed", error=repr(exc))
+                outcomes = [self.daemon._fail(o.rec_id, exc) for o in batch]
+            for o in outcomes:
+                self.report(o)
 
 
 def in_upload_window(windows: list[str], now: datetime | None = None) -> bool:
