@@ -288,3 +288,31 @@ def test_sweep_aborts_uploads_that_will_not_be_continued(  # type: ignore[no-unt
         # no confirmed part for longer than the stale age: given up too
         assert runner.sweep_uploads(stale_after_s=-1) == 1
         assert open_uploads(client, raw) == [] and daemon.state.multipart_uploads() == []
+
+
+def test_file_changed_mid_upload_is_rejected_and_its_upload_aborted(  # type: ignore[no-untyped-def]
+    moto_server, s3_buckets, s3_env, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    doc = config_doc(proxy, s3_buckets, tmp_path, bandwidth_bytes_per_s=8_000_000)
+    config = config_from_dict(doc, base_dir=tmp_path)
+    rec = make_session(tmp_path, os.urandom(SIZE))
+
+    with Daemon(config) as daemon:
+
+        def overwrite_tail() -> None:  # same size, other bytes, after the first part is confirmed
+            while not any(p.parts_done for ps in daemon.state.part_progress().values() for p in ps):
+                time.sleep(0.02)
+            with open(rec / REL, "r+b") as f:
+                f.seek(SIZE - 100)
+                f.write(b"\0" * 100)
+
+        changer = threading.Thread(target=overwrite_tail, daemon=True)
+        changer.start()
+        outcome = daemon.process(rec)
+        changer.join(timeout=30)
+        assert outcome.status == "rejected", outcome
+        assert rec.name in (outcome.error or "") and REL in (outcome.error or "") and "changed" in (outcome.error or "")
+        assert daemon.state.multipart_uploads() == []
+    client = moto_server.client()
+    assert open_uploads(client, s3_buckets[0]) == []
+    assert client.list_objects_v2(Bucket=s3_buckets[0]).get("KeyCount") == 0

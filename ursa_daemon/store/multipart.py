@@ -20,7 +20,9 @@ How a request is sent:
 * Bodies are file objects the HTTP layer reads in small slices; an exception
   from ``read`` (a pause) leaves urllib3 mid-request: it closes the connection
   and the server stops receiving at once. That exception is re-raised
-  unchanged.
+  unchanged. Data connections close with a reset (``SO_LINGER`` 0): what the
+  kernel still held of a cut request is dropped instead of trickling out
+  over a slow uplink.
 * Two clients share one botocore session per credential: control calls retry
   transient errors (botocore ``standard`` mode); data calls (parts, PUTs) try
   once, because their caller retries with a backoff it can cancel.
@@ -33,6 +35,8 @@ every message is redacted with :func:`~ursa_daemon.store._errors.redact`.
 from __future__ import annotations
 
 import base64
+import socket
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -100,7 +104,21 @@ def _make_clients(
 
     control = session.client("s3", endpoint_url=endpoint, config=config(DEFAULT_CONTROL_ATTEMPTS))
     data = session.client("s3", endpoint_url=endpoint, config=config(1))
+    _reset_on_close(data)
     return control, data
+
+
+def _reset_on_close(client: Any) -> None:
+    """Make closing a connection of ``client`` send a reset and drop unsent bytes (``SO_LINGER`` 0).
+
+    botocore has no public knob for socket options; its urllib3 session keeps
+    them in a list it hands to each connection pool, created on first use.
+    If that ever changes, connections close gracefully, as before.
+    """
+    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    options = getattr(session, "_socket_options", None)
+    if isinstance(options, list):
+        options.append((socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)))
 
 
 class BotoMultipart:
