@@ -316,3 +316,39 @@ def test_file_changed_mid_upload_is_rejected_and_its_upload_aborted(  # type: ig
     client = moto_server.client()
     assert open_uploads(client, s3_buckets[0]) == []
     assert client.list_objects_v2(Bucket=s3_buckets[0]).get("KeyCount") == 0
+
+
+def test_a_cut_resets_a_send_blocked_on_a_server_that_does_not_read() -> None:
+    """The pause's last resort: a request stuck in ``sendall`` is woken and its queued bytes dropped."""
+    import socket
+
+    from ursa_daemon.uploader import _Wire
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    errors: list[BaseException] = []
+
+    def send_forever() -> None:
+        try:
+            while True:
+                client.sendall(b"x" * (1 << 20))  # blocks once the buffers are full: nobody reads
+        except OSError as exc:
+            errors.append(exc)
+
+    sender = threading.Thread(target=send_forever, daemon=True)
+    sender.start()
+    wire = _Wire()
+    wire.add(client)
+    time.sleep(0.3)  # it fills the buffers and blocks (if not yet, the cut resets it all the same)
+    wire.cut()
+    sender.join(timeout=10)
+    assert not sender.is_alive() and errors, "the blocked send was not woken"
+    with pytest.raises(ConnectionResetError):  # a reset, not an orderly end after the queued bytes
+        while peer.recv(1 << 20):
+            pass
+    peer.close()
+    client.close()
+    server.close()

@@ -22,23 +22,31 @@ Three ways a file goes up, chosen by size and store:
 A pause cuts the wire: a watcher thread polls ``should_stop()`` every 10 ms and
 sets the shared cancel event; a :class:`FileRegion` checks it before every
 64 KiB slice and raises :class:`UploadInterrupted`, which makes the HTTP layer
-drop the request and its connection. Confirmed parts are kept, the part in
+drop the request and its connection (with a reset: unsent bytes are dropped).
+A request stuck in a send (the server not reading) would only see the event
+once the server reads again, so the watcher also shuts down the sockets of the
+requests whose body is still being read (:class:`_Wire`). Confirmed parts are kept, the part in
 flight is lost. Bodies are read from disk slice by slice (``os.pread``): memory
 does not grow with the part size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
+import socket
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from types import FrameType
+from typing import Any, Protocol
 
 from ursa_daemon.errors import InputError, ObjectMismatch, StoreError, TransientStoreError, UploadGone
 from ursa_daemon.log import get_logger
@@ -213,6 +221,90 @@ class CancellableFile:
         return _changed(self.rec_id, self.entry, what)
 
 
+class _Wire:
+    """The sockets of requests whose body is still being sent; :meth:`cut` shuts them all down.
+
+    A body finds its socket on its first read: the HTTP layer's connection
+    object (``self.sock``) is a few frames up the stack (urllib3's
+    ``HTTPConnection.request`` iterating the body). If it is not there, the
+    body is simply not registered and stops at its next read instead.
+    A socket stays registered until its request returns (a body fully sent may
+    still sit in kernel buffers). ``shutdown`` wakes a thread blocked in
+    ``sendall`` or waiting for the response; the HTTP layer then closes the
+    connection with a reset, which drops what the kernel still held.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._socks: set[socket.socket] = set()
+        self.cut_done = False
+
+    def add(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self.cut_done:
+                _shutdown(sock)
+            else:
+                self._socks.add(sock)
+
+    def discard(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._socks.discard(sock)
+
+    def cut(self) -> None:
+        with self._lock:
+            self.cut_done = True
+            socks, self._socks = self._socks, set()
+        for sock in socks:
+            _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    """Reset ``sock`` now, dropping what its kernel queue still holds; its owner sees an error.
+
+    On Linux, ``connect()`` to an ``AF_UNSPEC`` address disconnects a TCP socket
+    (``tcp_disconnect``: a reset, the send queue purged, blocked callers woken)
+    without closing the descriptor, which its owner thread still uses.
+    Elsewhere, or if that fails, ``shutdown`` wakes the owner, whose close then
+    resets the connection (``SO_LINGER`` 0).
+    """
+    fd = sock.fileno()
+    if fd >= 0 and _disconnect(fd):
+        return
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _disconnect(fd: int) -> bool:
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        if _libc is None:
+            import ctypes
+
+            _libc = ctypes.CDLL(None, use_errno=True)
+        unspec = struct.pack("=H14x", socket.AF_UNSPEC)
+        return int(_libc.connect(fd, unspec, len(unspec))) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+_libc: Any = None
+
+
+def _sending_socket() -> socket.socket | None:
+    """The socket of the HTTP connection whose body read called us, if the stack shows it."""
+    frame: FrameType | None = sys._getframe(3)  # _sending_socket <- _register <- _read <- read <- HTTP layer
+    for _ in range(6):
+        if frame is None:
+            return None
+        sock = getattr(frame.f_locals.get("self"), "sock", None)
+        if isinstance(sock, socket.socket):
+            return sock
+        frame = frame.f_back
+    return None
+
+
 class FileRegion:
     """A binary file object over ``size`` bytes of ``fd`` from ``offset``: the body of one request.
 
@@ -237,6 +329,7 @@ class FileRegion:
         sha256: str | None = None,
         slice_size: int = DEFAULT_SLICE_SIZE,
         on_bytes: Callable[[int], None] | None = None,
+        wire: _Wire | None = None,
     ) -> None:
         self.fd = fd
         self.offset = offset
@@ -250,6 +343,8 @@ class FileRegion:
         self.error: BaseException | None = None
         self._pos = 0
         self._hash = hashlib.sha256() if sha256 is not None else None
+        self._wire = wire
+        self._sock: socket.socket | None = None
 
     def __len__(self) -> int:
         return self.size
@@ -278,7 +373,19 @@ class FileRegion:
             return self._read(n)
         except BaseException as exc:
             self.error = exc
+            self._unregister()
             raise
+
+    def _register(self) -> None:
+        if self._wire is not None and self._sock is None:
+            self._sock = _sending_socket()
+            if self._sock is not None:
+                self._wire.add(self._sock)
+
+    def _unregister(self) -> None:
+        if self._wire is not None and self._sock is not None:
+            self._wire.discard(self._sock)
+            self._sock = None
 
     def _read(self, n: int | None) -> bytes:
         left = self.size - self._pos
@@ -286,6 +393,7 @@ class FileRegion:
             return b""
         if self.cancel.is_set():
             raise UploadInterrupted()
+        self._register()
         want = min(left, self.slice_size if n is None or n < 0 else max(1, min(n, self.slice_size)))
         if not self.limiter.acquire(want, self.cancel):
             raise UploadInterrupted()
@@ -302,7 +410,8 @@ class FileRegion:
         return data
 
     def close(self) -> None:
-        pass
+        """The request is over (whatever its outcome): stop tracking its socket."""
+        self._unregister()
 
 
 @dataclass(frozen=True)
@@ -327,6 +436,7 @@ class _Job:
     limiter: RateLimiter
     journal: UploadJournal | None
     on_bytes: Callable[[int], None] | None
+    wire: _Wire | None = None
 
     def changed(self, what: str) -> InputError:
         return _changed(self.rec_id, self.entry, what)
@@ -350,6 +460,8 @@ class _Job:
         ``sha256``: hash the body as it goes and check it (the whole file, in one PUT).
         """
         for attempt in range(DEFAULT_PART_ATTEMPTS):
+            if self.cancel.is_set():  # not even the headers of another request
+                raise UploadInterrupted()
             region = FileRegion(
                 fd,
                 offset,
@@ -360,6 +472,7 @@ class _Job:
                 slice_size=self.limits.slice_size,
                 on_bytes=self.on_bytes,
                 sha256=sha256,
+                wire=self.wire,
             )
             try:
                 return send(region)
@@ -378,6 +491,8 @@ class _Job:
                 if region.error is not None and region.error is not exc:
                     raise region.error from None
                 raise
+            finally:
+                region.close()  # the request is over: its socket is no longer ours to cut
         raise AssertionError("unreachable")
 
 
@@ -615,25 +730,28 @@ def upload_files(
     cancel = threading.Event()
     finished = threading.Event()
     parts = isinstance(store, MultipartStore)
+    wire = _Wire()
 
     def watch() -> None:
         while not finished.wait(DEFAULT_STOP_POLL_S):
             if cancel.is_set():
-                return
+                break
             try:
                 stop = should_stop()
             except Exception:  # a broken probe must not hide the upload's own outcome
                 continue
             if stop:
                 cancel.set()
-                return
+                break
+        if cancel.is_set():
+            wire.cut()
 
     def one(entry: FileEntry) -> FileUpload:
         key = rel_key(rec_id, entry.rel_path)
         path = rec_dir / entry.rel_path
         if parts and entry.size > limits.small_put_max:
             assert isinstance(store, MultipartStore)
-            job = _Job(store, key, path, entry, rec_id, limits, cancel, limiter, journal, on_bytes)
+            job = _Job(store, key, path, entry, rec_id, limits, cancel, limiter, journal, on_bytes, wire)
             if entry.size > limits.part_size:
                 _Multipart(job).run()
             else:

@@ -11,9 +11,14 @@ all clients start from the page cache. moto's server runs in its own process
 (request logging off) and is reset between runs, each run gets fresh buckets.
 Trials interleave the clients (the order rotates each trial).
 
-* ``ours``: ``ingest(data, rec)`` on an ``s3`` profile, default UploadConfig
-  (4 files at once x 2 parts in flight, 16 MiB parts), hashing, the manifest
-  and the catalog commits included: the whole call is timed.
+* ``ours``: ``ingest(data, rec, journal=StateDB(...))`` on an ``s3`` profile,
+  as the daemon runs it: default UploadConfig (4 files at once x 2 parts in
+  flight, 16 MiB parts), every confirmed part recorded in a SQLite state
+  (part-level resume), hashing, the manifest and the catalog commits
+  included: the whole call is timed.
+* ``ours-nojournal``: the same upload without the resume bookkeeping (no
+  state: no part records, no ListParts). Not a peer: ``ours`` / this is the
+  cost of the bookkeeping (target >= 0.95).
 * ``boto3``: ``client.upload_file`` of every file of the session, default
   ``TransferConfig`` (8 MiB parts, 10 threads), one calling thread per file
   (``--boto3-mode threads``, default: 8 transfers each with its own 10-thread
@@ -75,7 +80,9 @@ from _common import (  # noqa: E402
     warm,
 )
 
-PEERS = ("ours", "boto3", "rclone")
+PEERS = ("ours", "ours-nojournal", "boto3", "rclone")
+#: variants of ours, compared with ``ours`` rather than counted as peers
+VARIANTS = ("ours-nojournal",)
 REFS = ("raw PUT", "raw multipart")
 PART = 16 * MiB
 
@@ -89,14 +96,16 @@ def cpu_now() -> float:
 
 
 def run_ours(
-    moto: MotoProcess, rec: Path, bucket: str, assets: str, scratch: Path, upload: dict[str, int]
+    moto: MotoProcess, rec: Path, bucket: str, assets: str, scratch: Path, upload: dict[str, int], *, journal: bool
 ) -> Callable[[], None]:
     from ursa_daemon.ingest import ingest
+    from ursa_daemon.state import StateDB
 
     data = s3_data(moto.endpoint, bucket, assets, scratch, upload)
+    state = StateDB(scratch / "state") if journal else None
 
     def go() -> None:
-        res = ingest(data, rec)
+        res = ingest(data, rec, journal=state)
         if res.paused or res.recording is None:
             raise RuntimeError(f"ingest did not finish: {res}")
 
@@ -261,8 +270,8 @@ def one_run(name: str, moto: MotoProcess, rec: Path, nbytes: int, args: argparse
     raw, assets = moto.fresh_buckets(re.sub(r"[^a-z0-9]", "", name))
     scratch = Path(tempfile.mkdtemp(prefix="ursa-bench-"))
     try:
-        if name == "ours":
-            go = run_ours(moto, rec, raw, assets, scratch, upload_overrides(args))
+        if name in ("ours", "ours-nojournal"):
+            go = run_ours(moto, rec, raw, assets, scratch, upload_overrides(args), journal=name == "ours")
         elif name == "boto3":
             go = run_boto3(moto, rec, raw, args.boto3_mode)
         elif name == "rclone":
@@ -358,11 +367,15 @@ def main() -> int:
     for name, rs in runs.items():
         if rs:
             figures[name.replace(" ", "_")] = summary(rs)
-    other = [p for p in peers if p != "ours"]
+    other = [p for p in peers if p != "ours" and p not in VARIANTS]
     if "ours" in peers and other:
         best = max(other, key=lambda p: figures[p]["mb_s_median"])
         figures["best_peer"] = best
         figures["ratio_ours_over_best_peer"] = round(figures["ours"]["mb_s_median"] / figures[best]["mb_s_median"], 3)
+    if "ours" in peers and "ours-nojournal" in peers:
+        figures["ratio_resume_bookkeeping_on_over_off"] = round(
+            figures["ours"]["mb_s_median"] / figures["ours-nojournal"]["mb_s_median"], 3
+        )
     ceiling = max((figures[r.replace(" ", "_")]["mb_s_median"] for r in REFS if runs[r]), default=None)
     if ceiling:
         figures["server_ceiling_mb_s"] = ceiling
@@ -392,6 +405,9 @@ def main() -> int:
     if "ratio_ours_over_best_peer" in figures:
         r = figures["ratio_ours_over_best_peer"]
         print(f"ours / best peer ({figures['best_peer']}): {r:.2f}  (target >= 1.0: {'met' if r >= 1.0 else 'MISSED'})")
+    if "ratio_resume_bookkeeping_on_over_off" in figures:
+        r = figures["ratio_resume_bookkeeping_on_over_off"]
+        print(f"resume bookkeeping on / off: {r:.3f}  (target >= 0.95: {'met' if r >= 0.95 else 'MISSED'})")
     figures["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     emit_json(figures)
     return 0
