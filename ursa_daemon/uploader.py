@@ -80,6 +80,8 @@ log = get_logger("ursa.upload")
 DEFAULT_SMALL_PUT_MAX = 512 << 10
 #: bytes per read of a streamed body: a pause and the rate limiter act between two slices
 DEFAULT_SLICE_SIZE = 64 << 10
+#: the same without a bandwidth cap (urllib3 asks for 128 KiB; a pause resets the socket anyway)
+DEFAULT_UNCAPPED_SLICE_SIZE = 256 << 10
 #: how often the stop watcher polls ``should_stop()``
 DEFAULT_STOP_POLL_S = 0.01
 #: tries of one part (or streamed PUT) on transient errors, backoff doubling from/capped at
@@ -469,7 +471,8 @@ class _Job:
                 cancel=self.cancel,
                 limiter=self.limiter,
                 changed=self.changed,
-                slice_size=self.limits.slice_size,
+                # slices are the rate limiter's grain; uncapped, the HTTP layer's block size
+                slice_size=self.limits.slice_size if self.limiter.rate else DEFAULT_UNCAPPED_SLICE_SIZE,
                 on_bytes=self.on_bytes,
                 sha256=sha256,
                 wire=self.wire,
