@@ -55,6 +55,7 @@ import asyncio
 import json
 import math
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
@@ -416,7 +417,17 @@ def _spec(
     names = [n for n, _ in fields]
     if names != [*model.model_fields, *([merge_key] if merge_key else [])]:
         raise AssertionError(f"{model.__name__}: schema {names} != fields {list(model.model_fields)}")
-    return _TableSpec(model, pa.schema(fields), tuple(indexes), merge_key)
+    # Declaring the merge key as Lance's (unenforced) primary key makes merge_insert record the
+    # keys it inserts in its commit, so two writers inserting the same new key conflict and the
+    # loser retries against the winner's row: without it both commit and the key is duplicated.
+    keys = {merge_key} if merge_key else set(model.__primary_key__)
+    schema = pa.schema(
+        [pa.field(n, t, nullable=False, metadata=_PK_METADATA) if n in keys else pa.field(n, t) for n, t in fields]
+    )
+    return _TableSpec(model, schema, tuple(indexes), merge_key)
+
+
+_PK_METADATA = {b"lance-schema:unenforced-primary-key": b"true"}
 
 
 _SPECS: dict[str, _TableSpec] = {
@@ -748,6 +759,13 @@ _POLICIES: dict[str, frozenset[str]] = {
 }
 
 
+def _test_crash_point(table: str) -> None:
+    """Test-only: ``URSA_TEST_CRASH_AFTER_TABLE=<table>`` SIGKILLs this process right after that
+    table's commit in ``register_session``/``register_sessions`` (tests/test_reliability_crash.py)."""
+    if os.environ.get("URSA_TEST_CRASH_AFTER_TABLE") == table:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _check_policy(table: str, policy: str) -> None:
     if policy not in _POLICIES[table]:
         raise ValueError(f"on_conflict for {table} must be one of {sorted(_POLICIES[table])}; got {policy!r}")
@@ -905,9 +923,18 @@ class Catalog:
 
     def _create_table(self, spec: _TableSpec) -> None:
         async def create() -> AsyncTable:
-            table = await self._db.create_table(spec.name, schema=spec.schema, exist_ok=True)
-            await _ensure_indexes(table, spec)
-            return table
+            # two writers opening an empty catalog at once race to create the same tables and
+            # indexes: the loser's commit conflicts; it opens the winner's table and checks again
+            for attempt in range(_CREATE_ATTEMPTS):
+                try:
+                    table = await self._db.create_table(spec.name, schema=spec.schema, exist_ok=True)
+                    await _ensure_indexes(table, spec)
+                    return table
+                except _LANCE_ERRORS as exc:
+                    if attempt + 1 == _CREATE_ATTEMPTS or not _is_commit_conflict(exc):
+                        raise
+                    await asyncio.sleep(0.05 * (attempt + 1))
+            raise AssertionError("unreachable")
 
         self._tables[spec.name] = self._run(create(), f"create table {spec.name}")
         self._existing.add(spec.name)
@@ -1230,6 +1257,7 @@ class Catalog:
             r_write, (stored,) = self._plan(r_spec, [recording], on_conflict_recording)
             for write in (p_write, m_write, r_write):
                 self._commit(write)
+                _test_crash_point(write.spec.name)
         return stored
 
     def register_sessions(
@@ -1300,6 +1328,7 @@ class Catalog:
                 rows_ = list(staged[spec.name].values())
                 replaced = sum(1 for r in rows_ if r.primary_key() in stored[spec.name])
                 self._commit(_Write(spec, rows_, replaced))
+                _test_crash_point(spec.name)
         return results
 
     def delete_recording(self, recording_hash: str) -> bool:
@@ -1613,6 +1642,15 @@ async def _ensure_indexes(table: AsyncTable, spec: _TableSpec) -> None:
     for column, kind in spec.indexes:
         if (column,) not in indexed:
             await table.create_index(column, config=_index_config(kind), replace=False)
+
+
+_CREATE_ATTEMPTS = 5
+
+
+def _is_commit_conflict(exc: BaseException) -> bool:
+    """Lance's "another writer committed first" (it says retryable), not a real failure."""
+    text = str(exc).lower()
+    return "commit conflict" in text or "concurrent transaction" in text
 
 
 def _redact(uri: str) -> str:

@@ -168,6 +168,9 @@ class WatchConfig(_Frozen):
     rescan_seconds: float = Field(default=300.0, gt=0)
     #: how often failed sessions whose backoff expired are queued again
     retry_check_seconds: float = Field(default=5.0, gt=0)
+    #: a failed session is retried after base * 2**(attempts-1) seconds (±25 % jitter), at most max
+    retry_base_seconds: float = Field(default=30.0, gt=0)
+    retry_max_seconds: float = Field(default=3600.0, gt=0)
 
 
 class UploadConfig(_Frozen):

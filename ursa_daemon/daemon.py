@@ -26,7 +26,15 @@ from ursa_daemon.activity import Activity, lower_own_priority, recorder_writing
 from ursa_daemon.api import DataInterface
 from ursa_daemon.catalog import RecordingRow, SessionRows
 from ursa_daemon.config import Config
-from ursa_daemon.errors import CatalogRowExists, InputError, NodesPending, UrsaError
+from ursa_daemon.errors import (
+    CatalogError,
+    CatalogRowExists,
+    InputError,
+    NodesPending,
+    StoreError,
+    StorePermissionError,
+    UrsaError,
+)
 from ursa_daemon.ingest import UploadProgress, ingest, register_many
 from ursa_daemon.log import get_logger
 from ursa_daemon.manifest import hash_files, load_session
@@ -48,9 +56,6 @@ __all__ = [
 
 log = get_logger("ursa.daemon")
 
-#: retry backoff: base * 2**attempts seconds, capped, with ±25 % jitter
-DEFAULT_RETRY_BASE_S = 30.0
-DEFAULT_RETRY_CAP_S = 3600.0
 #: SIGTERM must stop the daemon within this budget (systemd TimeoutStopSec is longer)
 DEFAULT_STOP_BUDGET_S = 4.0
 #: compact the catalog and refresh its indexes after this many registrations
@@ -144,9 +149,17 @@ class Daemon:
         self.config = config
         self.lock = StateLock(config.state_dir)  # StateLocked → exit 3
         try:
-            self.state = StateDB(config.state_dir)
+            self.state = StateDB(config.state_dir, rebuild=True)
             self.data = DataInterface(config=config)
-            self.data.enable_writes(roles=("assets_rw", "raw_rw"))
+            self._writes_ready = False
+            try:
+                self._enable_writes()
+            except (StoreError, CatalogError) as exc:
+                if isinstance(exc, StorePermissionError):
+                    raise
+                # the store is unreachable (a rig booting offline): keep running; every session
+                # fails and retries with backoff until it is back
+                log.warning("daemon.store_unreachable", error=str(exc))
         except BaseException:
             self.lock.close()
             raise
@@ -155,6 +168,11 @@ class Daemon:
         self.activity = activity
         self.progress: Callable[[str, UploadProgress], None] | None = None
         self._since_optimize = 0
+
+    def _enable_writes(self) -> None:
+        if not self._writes_ready:
+            self.data.enable_writes(roles=("assets_rw", "raw_rw"))
+            self._writes_ready = True
 
     def close(self) -> None:
         self.state.close()
@@ -221,6 +239,7 @@ class Daemon:
 
     def _ingest(self, rec_dir: Path, started: float, defer_register: bool = False) -> Outcome:
         rec_id = rec_dir.name
+        self._enable_writes()
         session = load_session(rec_dir)
         known = self._trusted_hashes(rec_id, rec_dir)
         files = hash_files(rec_dir, session.files, known=known)
@@ -334,7 +353,9 @@ class Daemon:
         """Our half is in; look again later (backoff as for failures, capped at the same hour)."""
         prior = self.state.session(rec_id)
         attempts = (prior.attempts if prior else 0) + 1
-        delay = min(DEFAULT_RETRY_CAP_S, DEFAULT_RETRY_BASE_S * 2 ** (attempts - 1)) * random.uniform(0.75, 1.25)
+        watch = self.config.watch
+        delay = min(watch.retry_max_seconds, watch.retry_base_seconds * 2 ** (attempts - 1))
+        delay *= random.uniform(0.75, 1.25)
         self.state.set_state(
             rec_id, SessionState.REGISTERING, error=str(exc), next_attempt_at=time.time() + delay, count_attempt=True
         )
@@ -346,7 +367,8 @@ class Daemon:
     def _fail(self, rec_id: str, exc: BaseException) -> Outcome:
         prior = self.state.session(rec_id)
         attempts = (prior.attempts if prior else 0) + 1
-        delay = min(DEFAULT_RETRY_CAP_S, DEFAULT_RETRY_BASE_S * 2 ** (attempts - 1))
+        watch = self.config.watch
+        delay = min(watch.retry_max_seconds, watch.retry_base_seconds * 2 ** (attempts - 1))
         delay *= random.uniform(0.75, 1.25)
         error = f"{type(exc).__name__}: {exc}"
         self.state.set_state(

@@ -42,6 +42,7 @@ from ursa_daemon.uploader import (
     RateLimiter,
     UploadJournal,
     UploadLimits,
+    abort_orphan_uploads,
     abort_uploads,
     upload_files,
 )
@@ -173,6 +174,8 @@ def ingest(
         raise
     if done and journal is not None:  # every file is in: what the journal still holds is left over
         abort_uploads(raw, journal, journal.multipart_uploads(rec_id))
+    if done:  # and what no journal holds (a lost state database, a process that died mid-upload)
+        abort_orphan_uploads(raw, rec_id, journal)
     if not done or should_stop():
         log.info("session.paused", rec_id=rec_id, recording_hash=rh, bytes_done=tracker.bytes_uploaded)
         return tracker.result(paused=True, recording=None)

@@ -159,9 +159,10 @@ def _walk_worker(path: Path, rel: str, rec_id: str, out: list[FileEntry]) -> Non
             _symlink_error(rec_id, rel_path)
         if not is_data_name(entry.name):
             continue
-        if "\\" in entry.name or "\n" in entry.name or "\r" in entry.name:
+        if "\\" in entry.name or any(ord(c) < 0x20 or c == "\x7f" for c in entry.name):
             raise InputError(
-                f"{rec_id}: file name {rel_path!r} holds a backslash or line break; rename it",
+                f"{rec_id}: file name {rel_path!r} holds a backslash or a control character "
+                "(line break, tab, ...); rename it",
                 rec_id=rec_id,
                 file=rel_path,
             )

@@ -19,13 +19,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from ursa_daemon.errors import StateError, StateLocked
+from ursa_daemon.log import get_logger
 
 __all__ = [
     "MIGRATIONS",
@@ -38,6 +39,8 @@ __all__ = [
     "StateDB",
     "StateLock",
 ]
+
+log = get_logger("ursa.state")
 
 DB_NAME = "state.sqlite3"
 LOCK_NAME = "lock"
@@ -235,22 +238,62 @@ class StateLock:
 class StateDB:
     """The resume state. Thread-safe: one connection, serialised by a lock."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, rebuild: bool = False) -> None:
+        """``rebuild`` (only for the holder of the :class:`StateLock`): a corrupt database is
+        moved aside and replaced by an empty one instead of raising :class:`StateError`."""
         state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / DB_NAME
         try:
-            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
-            self._conn.row_factory = sqlite3.Row
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
+            self._conn = self._open(check=rebuild)
         except sqlite3.DatabaseError as exc:
-            raise StateError(
-                f"state database {self.path} is unreadable ({exc}); move it aside and restart: "
-                "the daemon rebuilds what it needs from the store and the catalog"
-            ) from None
+            if not rebuild:
+                raise StateError(
+                    f"state database {self.path} is unreadable ({exc}); move it aside and restart: "
+                    "the daemon rebuilds what it needs from the store and the catalog"
+                ) from None
+            if isinstance(exc, sqlite3.OperationalError) and not _corrupt(exc):
+                raise StateError(f"state database {self.path} cannot be opened ({exc}); "
+                                 f"check that {state_dir} is writable and not full") from None
+            # unreadable: keep it for a post-mortem, start empty; the store and the catalog
+            # say what is already uploaded and registered, so nothing is uploaded or registered twice
+            aside = self._move_aside()
+            log.warning("state.rebuilt", error=f"state database {self.path} was unreadable ({exc}); "
+                        f"moved to {aside.name}, starting with an empty state")
+            try:
+                self._conn = self._open(check=False)
+            except sqlite3.DatabaseError as again:
+                raise StateError(f"state database {self.path} cannot be created ({again}); "
+                                 f"check that {state_dir} is writable and not full") from None
         self._lock = threading.Lock()
+
+    def _open(self, *, check: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            verdict = conn.execute("PRAGMA quick_check").fetchone()[0] if check else "ok"
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+            self._conn = conn
+            self._migrate()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _move_aside(self) -> Path:
+        aside = self.path.with_name(f"{DB_NAME}.corrupt-{int(time.time())}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                src.replace(Path(str(aside) + suffix))
+        return aside
+
+    def _error(self, exc: sqlite3.Error) -> StateError:
+        return StateError(f"state database {self.path}: {exc}; check that {self.path.parent} is writable "
+                          "and not full, then restart (nothing is registered before its bytes are stored)")
 
     def close(self) -> None:
         self._conn.close()
@@ -268,17 +311,26 @@ class StateDB:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:  # disk full, I/O error, corruption: a clear StateError
+                if self._conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                raise self._error(exc) from None
 
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
-            return self._conn.execute(sql, tuple(args)).fetchall()
+            try:
+                return self._conn.execute(sql, tuple(args)).fetchall()
+            except sqlite3.Error as exc:
+                raise self._error(exc) from None
 
     # -- sessions ---------------------------------------------------------
 
@@ -460,6 +512,12 @@ def _upload(r: sqlite3.Row) -> MultipartRecord:
         created_at=r["created_at"],
         updated_at=r["updated_at"],
     )
+
+
+def _corrupt(exc: sqlite3.DatabaseError) -> bool:
+    """An error that says the file is not (or no longer) a sound SQLite database."""
+    text = str(exc).lower()
+    return any(s in text for s in ("not a database", "malformed", "quick_check", "encrypted"))
 
 
 def _session(r: sqlite3.Row) -> SessionRecord:

@@ -181,3 +181,7 @@ class MultipartStore(Protocol):
     def abort_multipart(self, key: str, upload_id: str) -> None:
         """Drop the upload and its parts; an id the server no longer knows is not an error."""
         ...
+
+    def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
+        """``(key, upload_id)`` of every incomplete multipart upload under ``prefix``."""
+        ...

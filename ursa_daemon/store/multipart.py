@@ -238,6 +238,18 @@ class BotoMultipart:
         except UploadGone:
             pass
 
+    def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
+        control, _ = self._clients()
+        out: list[tuple[str, str]] = []
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            with self._translating("list multipart uploads", prefix):
+                resp = control.list_multipart_uploads(**args)
+            out.extend((str(u["Key"]), str(u["UploadId"])) for u in resp.get("Uploads", []))
+            if not resp.get("IsTruncated"):
+                return out
+            args["KeyMarker"], args["UploadIdMarker"] = resp.get("NextKeyMarker"), resp.get("NextUploadIdMarker")
+
     # -- errors ---------------------------------------------------------------
 
     def _translating(self, op: str, key: str, *, upload: bool = False) -> _Translating:

@@ -194,6 +194,9 @@ class S3Store(ObstoreBackend):
     def abort_multipart(self, key: str, upload_id: str) -> None:
         self._parts.abort_multipart(check_key(key), upload_id)
 
+    def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
+        return self._parts.list_multipart(check_key(prefix, prefix=True))
+
     def uri(self, key: str) -> str:
         """``s3://bucket/key``; ``key`` may be a prefix ending in ``/``."""
         check_key(key, prefix=True)
