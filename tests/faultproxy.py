@@ -16,6 +16,12 @@ Modes:
   body through the same connection is cut.
 * :meth:`FaultProxy.stall_next`: the same trigger, but the response stops for
   ``seconds`` (no server→client byte is forwarded), then carries on.
+* :meth:`FaultProxy.cut_upload_next`: the next ``n`` connections whose
+  client→server byte count (a request body: an upload) reaches ``after_bytes``
+  are reset at that point, mid-body.
+* :meth:`FaultProxy.refuse`: an outage. Live connections are reset and the
+  port stops listening, so a connect is refused (ECONNREFUSED) until
+  :meth:`FaultProxy.restore` listens on the same port again.
 * :meth:`FaultProxy.passthrough`: cancel whatever is armed.
 
 ``bytes_up`` counts every byte forwarded client→server (what the server
@@ -38,7 +44,7 @@ _BUF = 256 << 10
 
 @dataclass
 class _Fault:
-    kind: Literal["reset", "stall"]
+    kind: Literal["reset", "stall", "cut_upload"]
     remaining: int
     after_bytes: int
     seconds: float = 0.0
@@ -52,6 +58,7 @@ class _Conn:
         self.client = client
         self.server = server
         self.s2c = 0
+        self.c2s = 0
         self.triggered = False
         self.closed = threading.Event()
 
@@ -76,8 +83,10 @@ class _Conn:
                     break
                 if to_client:
                     data = self._forward_to_client(data, dst)
-                    if data is None:
-                        return
+                elif not self.triggered:
+                    data = self._forward_to_server(data, dst)
+                if data is None:
+                    return
                 dst.sendall(data)
                 if not to_client:
                     self.proxy._count_up(len(data))
@@ -92,7 +101,7 @@ class _Conn:
         """Send what lies before a fault's trigger point; ``None`` if the connection was reset."""
         if not self.triggered:
             fault = self.proxy._armed()
-            if fault is not None and self.s2c + len(data) >= fault.after_bytes:
+            if fault is not None and fault.kind != "cut_upload" and self.s2c + len(data) >= fault.after_bytes:
                 head = max(0, fault.after_bytes - self.s2c)
                 if head:
                     dst.sendall(data[:head])
@@ -101,6 +110,20 @@ class _Conn:
                     return None
                 data = data[head:]
         self.s2c += len(data)
+        return data
+
+    def _forward_to_server(self, data: bytes, dst: socket.socket) -> bytes | None:
+        """Request bytes up to a ``cut_upload`` trigger point; ``None`` once the connection is reset."""
+        fault = self.proxy._armed()
+        if fault is not None and fault.kind == "cut_upload" and self.c2s + len(data) >= fault.after_bytes:
+            head = max(0, fault.after_bytes - self.c2s)
+            if head:
+                dst.sendall(data[:head])
+            self.c2s += head
+            if self.proxy._take(self, self.c2s, direction="c2s"):
+                return None
+            data = data[head:]
+        self.c2s += len(data)
         return data
 
     def _close(self, *, reset: bool) -> None:
@@ -130,12 +153,10 @@ class FaultProxy:
         self.target = target
         self._lock = threading.Lock()
         self._fault: _Fault | None = None
-        self._listener = socket.socket()
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(64)
-        self._listener.settimeout(0.2)  # so the accept loop sees stop()
+        self._listener: socket.socket | None = self._listen(0)
         self.port: int = self._listener.getsockname()[1]
+        #: True during an outage (:meth:`refuse`)
+        self.refusing = False
         self.endpoint = f"http://127.0.0.1:{self.port}"
         #: connections accepted, and faults injected so far
         self.connections = 0
@@ -162,6 +183,30 @@ class FaultProxy:
         with self._lock:
             self._fault = _Fault("stall", n, after_bytes, seconds)
 
+    def cut_upload_next(self, n: int, *, after_bytes: int) -> None:
+        """Reset the next ``n`` connections once their request bytes reach ``after_bytes`` (mid-body)."""
+        with self._lock:
+            self._fault = _Fault("cut_upload", n, after_bytes)
+
+    def refuse(self) -> None:
+        """Start an outage: reset every live connection and stop listening (connects are refused)."""
+        with self._lock:
+            self.refusing = True
+            listener, self._listener = self._listener, None
+            conns, self._conns = list(self._conns), []
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.close()
+        for conn in conns:
+            conn._close(reset=True)
+
+    def restore(self) -> None:
+        """End an outage: listen on the same port again."""
+        listener = self._listen(self.port)
+        with self._lock:
+            self.refusing = False
+            self._listener = listener
+
     # -- internals --------------------------------------------------------------------
 
     def _count_up(self, n: int) -> None:
@@ -172,29 +217,46 @@ class FaultProxy:
         with self._lock:
             return self._fault if self._fault is not None and self._fault.remaining > 0 else None
 
-    def _take(self, conn: _Conn, s2c: int) -> bool:
-        """Apply the armed fault to ``conn`` if it triggers at ``s2c`` bytes; True if it was reset."""
+    def _take(self, conn: _Conn, count: int, *, direction: str = "s2c") -> bool:
+        """Apply the armed fault to ``conn`` if it triggers at ``count`` bytes; True if it was reset."""
         with self._lock:
             fault = self._fault
-            if conn.triggered or fault is None or fault.remaining <= 0 or s2c < fault.after_bytes:
+            if conn.triggered or fault is None or fault.remaining <= 0 or count < fault.after_bytes:
+                return False
+            if (fault.kind == "cut_upload") != (direction == "c2s"):
                 return False
             fault.remaining -= 1
             conn.triggered = True
             self.faults += 1
-        if fault.kind == "reset":
+        if fault.kind in ("reset", "cut_upload"):
             conn._close(reset=True)
             return True
         self._stopping.wait(fault.seconds)
         return False
 
+    @staticmethod
+    def _listen(port: int) -> socket.socket:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(64)
+        sock.settimeout(0.2)  # so the accept loop sees stop() and refuse()
+        return sock
+
     def _accept_loop(self) -> None:
         while not self._stopping.is_set():
+            listener = self._listener
+            if listener is None:
+                self._stopping.wait(0.05)
+                continue
             try:
-                client, _ = self._listener.accept()
+                client, _ = listener.accept()
             except TimeoutError:
                 continue
             except OSError:
-                return
+                if self._stopping.is_set():
+                    return
+                continue  # refuse() closed it
             client.settimeout(None)
             try:
                 server = socket.create_connection(self.target)
@@ -217,8 +279,9 @@ class FaultProxy:
 
     def stop(self) -> None:
         self._stopping.set()
-        with contextlib.suppress(OSError):
-            self._listener.close()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.close()
         with self._lock:
             conns = list(self._conns)
         for conn in conns:
