@@ -89,7 +89,7 @@ def random_session(rng: random.Random, root: Path, n: int, *, big: bool) -> Path
         for i in range(rng.randint(1, 4)):
             files[f"{w}/seg_{i:06d}.bin"] = rng.randbytes(rng.choice([0, 100, 40_000, 300_000]))
     if big:
-        files[f"{workers[0]}/big.bin"] = rng.randbytes(rng.randint(6 << 20, 11 << 20))
+        files[f"{workers[0]}/big.bin"] = rng.randbytes(rng.randint(6 << 20, 9 << 20))
     participant = rng.choice([None, "Aria Lin", "Bo Chen"])
     return write_session(root, rec_id, files, participant=participant)
 

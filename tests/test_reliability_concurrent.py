@@ -64,7 +64,7 @@ def test_same_session_ingested_twice_at_once_registers_once(moto_server, s3_env,
     on a fresh store each round: they also race to create the catalog's tables and indexes."""
     rng = random.Random(5)
     client = moto_server.client()
-    for n in range(3):
+    for n in range(2):
         raw, assets = f"twice-raw-{n}", f"twice-assets-{n}"
         client.create_bucket(Bucket=raw)
         client.create_bucket(Bucket=assets)

@@ -24,6 +24,8 @@ from invariants import check_invariants
 
 from ursa_daemon.api import DataInterface
 from ursa_daemon.config import load_config
+from ursa_daemon.errors import StateError
+from ursa_daemon.state import StateDB
 
 
 @pytest.fixture
@@ -36,7 +38,7 @@ def _small(root: Path, rec_id: str, n: int = 3, participant: str | None = "Aria 
                          participant=participant)
 
 
-@pytest.mark.parametrize("damage", ["deleted", "garbage", "torn"])
+@pytest.mark.parametrize("damage", ["deleted", "torn"])
 def test_state_db_lost_or_damaged_between_runs_rebuilds_without_duplicates(damage: str, cfg: Path,
                                                                             tmp_path: Path) -> None:
     root = tmp_path / "recordings"
@@ -59,8 +61,6 @@ def test_state_db_lost_or_damaged_between_runs_rebuilds_without_duplicates(damag
     if damage == "deleted":
         for p in state.parent.glob("state.sqlite3*"):
             p.unlink()
-    elif damage == "garbage":
-        state.write_bytes(os.urandom(state.stat().st_size or 8192))
     else:  # torn: the header survives, pages after it are zeroed
         body = bytearray(state.read_bytes())
         body[4096:] = bytes(len(body) - 4096)
@@ -81,11 +81,25 @@ def test_state_db_lost_or_damaged_between_runs_rebuilds_without_duplicates(damag
     check_invariants(cfg, valid=[*done, big])
 
 
+def test_garbage_state_db_is_moved_aside_by_the_lock_holder_only(tmp_path: Path) -> None:
+    """What ``status`` (no lock) and the daemon (the lock holder) do with a state file that is not SQLite."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / "state.sqlite3").write_bytes(os.urandom(8192))
+    with pytest.raises(StateError, match="unreadable"):
+        StateDB(state_dir)  # a reader never touches it
+    assert not list(state_dir.glob("*.corrupt-*"))
+    db = StateDB(state_dir, rebuild=True)
+    assert db.sessions() == []
+    db.close()
+    assert len(list(state_dir.glob("state.sqlite3.corrupt-*"))) == 1
+
+
 def test_state_disk_full_fails_cleanly_then_recovers(cfg: Path, tmp_path: Path) -> None:
     root = tmp_path / "recordings"
     first = _small(root, "rec_20260104_000000_aaaa")
     assert cli(cfg, "drain").returncode == 0
-    many = write_session(root, "rec_20260104_000001_bbbb", {f"eeg/{i:04d}.bin": b"%d" % i for i in range(300)})
+    many = write_session(root, "rec_20260104_000001_bbbb", {f"eeg/{i:04d}.bin": b"%d" % i for i in range(150)})
     limit = (tmp_path / "state" / "state.sqlite3").stat().st_size + 8192
 
     def small_disk() -> None:
