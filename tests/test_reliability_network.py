@@ -83,8 +83,13 @@ def test_transient_faults_are_retried_without_failing_a_session(net, tmp_path: P
 def test_outage_at_boot_and_mid_upload_fails_then_recovers(net, tmp_path: Path) -> None:
     proxy, daemon_cfg, direct_cfg = net
     sessions = _sessions(tmp_path, 2)
-    # 1. the rig boots with no network: the daemon stays up and keeps retrying
+    # 0. an operator's drain with no network says so at once, instead of failing session by session
     proxy.refuse()
+    offline = cli(daemon_cfg, "drain", "--json")
+    assert offline.returncode == 1, offline.stderr[-2000:]
+    assert "Connection refused" in offline.stdout + offline.stderr
+    assert "session.failed" not in offline.stderr
+    # 1. the rig boots with no network: the daemon stays up and keeps retrying
     proc = DaemonProc(daemon_cfg, "run", log=tmp_path / "run.log")
     try:
         assert proc.wait_event(lambda e: e.get("event") == "session.failed", timeout=60), proc.text()

@@ -313,7 +313,7 @@ def run(obj: Context) -> None:
     """The daemon: watch, pause/resume, upload, register; stops cleanly on SIGTERM/SIGINT."""
     from ursa_daemon.daemon import Daemon
 
-    with Daemon(obj.config) as daemon:
+    with Daemon(obj.config, offline_ok=True) as daemon:
         daemon.run()
 
 

@@ -145,7 +145,9 @@ def sd_notify(message: str) -> bool:
 class Daemon:
     """Owns the state lock, the state database and the write handles."""
 
-    def __init__(self, config: Config, *, activity: Activity | None = None) -> None:
+    def __init__(self, config: Config, *, activity: Activity | None = None, offline_ok: bool = False) -> None:
+        """``offline_ok`` (``run``): an unreachable store at start is not fatal; sessions fail and
+        retry until it is back. ``drain`` wants to hear at once that there is no network."""
         self.config = config
         self.lock = StateLock(config.state_dir)  # StateLocked → exit 3
         try:
@@ -155,7 +157,7 @@ class Daemon:
             try:
                 self._enable_writes()
             except (StoreError, CatalogError) as exc:
-                if isinstance(exc, StorePermissionError):
+                if not offline_ok or isinstance(exc, StorePermissionError):
                     raise
                 # the store is unreachable (a rig booting offline): keep running; every session
                 # fails and retries with backoff until it is back
