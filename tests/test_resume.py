@@ -352,3 +352,29 @@ def test_a_cut_resets_a_send_blocked_on_a_server_that_does_not_read() -> None:
     peer.close()
     client.close()
     server.close()
+
+
+def test_connection_resets_are_retried_and_the_object_lands_byte_exact(  # type: ignore[no-untyped-def]
+    moto_server, s3_buckets, s3_env, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    doc = config_doc(proxy, s3_buckets, tmp_path, bandwidth_bytes_per_s=8_000_000)
+    config = config_from_dict(doc, base_dir=tmp_path)
+    body = os.urandom(SIZE)
+    rec = make_session(tmp_path, body)
+    with Daemon(config) as daemon, capture_logs() as logs:
+
+        def arm() -> None:  # once a part is in: the next 2 responses are cut (parts' answers among them)
+            while not any(p.parts_done for ps in daemon.state.part_progress().values() for p in ps):
+                time.sleep(0.02)
+            proxy.reset_next(2, after_bytes=1)
+
+        armer = threading.Thread(target=arm, daemon=True)
+        armer.start()
+        outcome = daemon.process(rec)
+        armer.join(timeout=30)
+        assert outcome.status == "registered", outcome
+    assert proxy.faults == 2
+    assert [e for e in logs if e["event"] == "upload.retry"], "a part was not retried"
+    client = moto_server.client()
+    assert stored_body(client, s3_buckets[0], key_of(rec)) == body
+    assert open_uploads(client, s3_buckets[0]) == []
