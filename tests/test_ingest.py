@@ -182,12 +182,14 @@ def s3_data(moto_server, buckets, tmp_path: Path, **upload: object) -> DataInter
 
 
 def test_pause_mid_file_aborts_multipart(moto_server, s3_buckets, s3_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    data = s3_data(moto_server, s3_buckets, tmp_path, part_size_bytes=5 << 20, max_concurrent_files=1)
+    # at 8 MB/s the file takes ~1.8 s; is_active() is polled every 10 ms: it turns true well before the end
+    data = s3_data(moto_server, s3_buckets, tmp_path, part_size_bytes=5 << 20, max_concurrent_files=1,
+                   bandwidth_bytes_per_s=8_000_000)
     body = os.urandom(14 << 20)
     rec = make_session(tmp_path, {"camera_0/big.mp4": body})
     polls = 0
 
-    def is_active() -> bool:  # turns true after ~8 MiB were read: mid-file, mid-multipart
+    def is_active() -> bool:  # turns true after ~80 ms: mid-file, mid-multipart
         nonlocal polls
         polls += 1
         return polls > 8
@@ -197,6 +199,7 @@ def test_pause_mid_file_aborts_multipart(moto_server, s3_buckets, s3_env, tmp_pa
     client = moto_server.client()
     assert client.list_multipart_uploads(Bucket=s3_buckets[0]).get("Uploads", []) == []
     assert client.list_objects_v2(Bucket=s3_buckets[0]).get("KeyCount") == 0
+    data = s3_data(moto_server, s3_buckets, tmp_path, part_size_bytes=5 << 20, max_concurrent_files=1)
     res = ingest(data, rec)
     assert res.recording is not None
     assert read_back(data, f"recordings/{rec.name}/camera_0/big.mp4") == body
