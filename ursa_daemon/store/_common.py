@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from typing import TYPE_CHECKING, Any, Self
 
 import obstore
@@ -313,7 +313,7 @@ class ObstoreBackend:
                 )
         except BaseException as exc:
             if tracker is not None and tracker.error is not None:
-                raise tracker.error  # the body's own exception, as it was raised
+                raise tracker.error  # noqa: B904 - the body's own exception, unchanged, as it was raised
             if isinstance(exc, StoreError) or not isinstance(exc, TRANSLATABLE):
                 raise
             raise translate_error(
@@ -328,8 +328,5 @@ class ObstoreBackend:
     def delete(self, key: str) -> None:
         """Remove the object; a missing object is not an error."""
         check_key(key)
-        with self._translating("delete", key):
-            try:
-                obstore.delete(self._store, key)
-            except FileNotFoundError:
-                pass
+        with self._translating("delete", key), suppress(FileNotFoundError):
+            obstore.delete(self._store, key)
