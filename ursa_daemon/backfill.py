@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from ursa_daemon.catalog import RecordingRow, SessionRows
+from ursa_daemon.catalog import ModalityRow, RecordingRow, SessionRows
 from ursa_daemon.errors import InputError, NodesPending, ObjectNotFound
 from ursa_daemon.ingest import (
     IngestResult,
@@ -137,7 +137,8 @@ def register_from_store(
     src = MANIFEST_NAME if not nodes else NODE_MANIFEST_DIR
     validate_manifest(doc, rec_id, src)
     files = _augmented_files(doc, rec_id, src)
-    existing = _registered(data, rec_id) if nodes else None
+    found = _registered(data, rec_id) if nodes else None
+    existing = found[0] if found else None
     if nodes and existing is None and not allow_partial:
         _check_nodes(raw, rec_id, doc)
     problems = []
@@ -181,22 +182,24 @@ def register_from_store(
     if participant is None:
         participant = _store_participant(raw, rec_id)
     span = SessionSpan(rec_id, start_ns, duration_ns)
-    if existing is not None and existing.recording_hash != rh:
-        recording = _add_late_half(data, existing, span, files, doc, participant)
+    if found is not None and found[0].recording_hash != rh:
+        recording = _add_late_half(data, *found, span, files, doc, participant)
     else:
         recording = register_session(data, span, files, doc, participant=participant, overwrite=overwrite)
     return IngestResult(False, recording, 0, len(files), 0)
 
 
-def _registered(data: DataInterface, rec_id: str) -> RecordingRow | None:
-    """The recording already registered under ``rec_id`` (a dual-node session's first registration)."""
+def _registered(data: DataInterface, rec_id: str) -> tuple[RecordingRow, list[ModalityRow]] | None:
+    """The recording already registered under ``rec_id`` (a dual-node session's first
+    registration) with its modality rows."""
     found = data._write_catalog().query(rec_id=rec_id, limit=1)
-    return found[0][0] if found else None
+    return found[0] if found else None
 
 
 def _add_late_half(
     data: DataInterface,
     existing: RecordingRow,
+    modalities: list[ModalityRow],
     span: SessionSpan,
     files: list[FileEntry],
     doc: dict[str, Any],
@@ -207,7 +210,7 @@ def _add_late_half(
     rows = session_rows(
         data.profile, span, files, {**doc, "recording_hash": existing.recording_hash}, participant=participant
     )
-    have = {(m.modality, m.worker_id) for _, mods in data._write_catalog().query(rec_id=span.rec_id) for m in mods}
+    have = {(m.modality, m.worker_id) for m in modalities}
     new = [m for m in rows.modalities if (m.modality, m.worker_id) not in have]
     known = [p for p in rows.participants if p.participant_id in existing.participant_ids]
     recording = register_rows(data, SessionRows(known, existing, new))

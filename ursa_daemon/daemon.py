@@ -311,8 +311,8 @@ class Daemon:
             return [self._fail(o.rec_id, exc) for o in batch]
         out = []
         for o, res in zip(batch, results, strict=True):
-            done = Outcome(o.rec_id, "registered", None, o.files_uploaded, o.files_skipped, o.bytes_uploaded)
-            done.started = o.started
+            counts = (o.files_uploaded, o.files_skipped, o.bytes_uploaded)
+            done = Outcome(o.rec_id, "registered", None, *counts, started=o.started)
             if isinstance(res, CatalogRowExists | ValueError):  # this session's rows can never go in
                 out.append(self._reject(o.rec_id, f"{o.rec_id}: {res}"))
             elif isinstance(res, Exception):
@@ -353,11 +353,7 @@ class Daemon:
 
     def _wait_for_nodes(self, rec_id: str, exc: NodesPending) -> Outcome:
         """Our half is in; look again later (backoff as for failures, capped at the same hour)."""
-        prior = self.state.session(rec_id)
-        attempts = (prior.attempts if prior else 0) + 1
-        watch = self.config.watch
-        delay = min(watch.retry_max_seconds, watch.retry_base_seconds * 2 ** (attempts - 1))
-        delay *= random.uniform(0.75, 1.25)
+        _, delay = self._next_delay(rec_id)
         self.state.set_state(
             rec_id, SessionState.REGISTERING, error=str(exc), next_attempt_at=time.time() + delay, count_attempt=True
         )
@@ -366,12 +362,16 @@ class Daemon:
         counts = (r.files_uploaded, r.files_skipped, r.bytes_uploaded) if r is not None else (0, 0, 0)
         return METRICS.outcome(Outcome(rec_id, "waiting", str(exc), *counts))
 
-    def _fail(self, rec_id: str, exc: BaseException) -> Outcome:
+    def _next_delay(self, rec_id: str) -> tuple[int, float]:
+        """``(attempt number, seconds to wait)``: base * 2**attempts, capped, with ±25 % jitter."""
         prior = self.state.session(rec_id)
         attempts = (prior.attempts if prior else 0) + 1
         watch = self.config.watch
         delay = min(watch.retry_max_seconds, watch.retry_base_seconds * 2 ** (attempts - 1))
-        delay *= random.uniform(0.75, 1.25)
+        return attempts, delay * random.uniform(0.75, 1.25)
+
+    def _fail(self, rec_id: str, exc: BaseException) -> Outcome:
+        attempts, delay = self._next_delay(rec_id)
         error = f"{type(exc).__name__}: {exc}"
         self.state.set_state(
             rec_id, SessionState.FAILED, error=error, next_attempt_at=time.time() + delay, count_attempt=True
