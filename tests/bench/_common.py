@@ -3,6 +3,7 @@
 * :class:`MotoProcess`: moto's S3 server in its own process (``python -m moto.server``
   semantics, request logging off), so its CPU is not in the measured process's GIL
   or RSS; ``reset()`` drops every bucket and object between trials.
+* :func:`load_seaweed`: ``tests/seaweed.py`` (a real SeaweedFS S3 server) by path.
 * :class:`ProxyProcess`: a byte-counting TCP proxy, also in its own process, that
   publishes (bytes forwarded, timestamp of the last forwarded byte) through a small
   shared-memory file; timestamps are ``time.monotonic()`` (CLOCK_MONOTONIC is
@@ -44,6 +45,18 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def load_seaweed() -> Any:
+    """tests/seaweed.py by path (its :class:`SeaweedServer`), as conftest is loaded."""
+    if "_ursa_bench_seaweed" in sys.modules:
+        return sys.modules["_ursa_bench_seaweed"]
+    spec = importlib.util.spec_from_file_location("_ursa_bench_seaweed", REPO / "tests" / "seaweed.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def _load_conftest() -> Any:
