@@ -86,6 +86,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_READ_CONSISTENCY",
     "ID_PATTERN",
+    "LEGACY_ID_KEY",
     "MODALITY_PATTERN",
     "RECORDING_HASH_PATTERN",
     "TABLE_NAMES",
@@ -251,6 +252,30 @@ class RecordingRow(CatalogRow):
     device_info: JsonDict = Field(default_factory=dict)
     metadata: JsonDict = Field(default_factory=dict)
     registered_at: EpochNs = Field(default_factory=time.time_ns)
+
+    @property
+    def duration(self) -> timedelta:
+        return timedelta(microseconds=self.duration_ns / 1000)
+
+    def diff(self, candidate: CatalogRow) -> dict[str, tuple[Any, Any]]:
+        """As :meth:`CatalogRow.diff`, but ``metadata[LEGACY_ID_KEY]`` equal to the row's own
+        ``rec_id`` counts as absent: rows registered before ingest wrote it stay identical."""
+        out = super().diff(candidate)
+        if "metadata" in out and isinstance(candidate, RecordingRow):
+            if _without_legacy_id(self) == _without_legacy_id(candidate):
+                del out["metadata"]
+        return out
+
+
+#: ``RecordingRow.metadata`` key holding the session id, where the seeds' API reads it.
+LEGACY_ID_KEY = "manifest_recording_id"
+
+
+def _without_legacy_id(row: RecordingRow) -> dict[str, Any]:
+    meta = dict(row.metadata)
+    if meta.get(LEGACY_ID_KEY) == row.rec_id:
+        del meta[LEGACY_ID_KEY]
+    return meta
 
 
 class ModalityRow(CatalogRow):

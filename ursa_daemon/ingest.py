@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ursa_daemon.catalog import IngestionStatus, ModalityRow, ParticipantRow, RecordingRow, SessionRows
+from ursa_daemon.catalog import (
+    LEGACY_ID_KEY,
+    IngestionStatus,
+    ModalityRow,
+    ParticipantRow,
+    RecordingRow,
+    SessionRows,
+)
 from ursa_daemon.config import LocalProfile, S3Profile
 from ursa_daemon.errors import InputError, NodesPending, ObjectNotFound, UrsaError
 from ursa_daemon.log import get_logger
@@ -394,7 +401,8 @@ def session_rows(
             )
         )
     device_info: dict[str, Any] = doc["device_info"] if isinstance(doc.get("device_info"), dict) else {}
-    metadata: dict[str, Any] = {"manifest_version": doc.get("manifest_version", 1)}
+    # the seeds' API reads the session id here (``ursa``: RecordingRow.metadata["manifest_recording_id"])
+    metadata: dict[str, Any] = {"manifest_version": doc.get("manifest_version", 1), LEGACY_ID_KEY: rec_id}
     if isinstance(doc.get("nodes"), list):
         metadata["nodes"] = [str(n) for n in doc["nodes"]]
     recording = RecordingRow(
