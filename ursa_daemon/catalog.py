@@ -1,7 +1,9 @@
 """The LanceDB catalog: row models, table schemas, idempotent writes, pushed-down queries.
 
-This is the only module that imports :mod:`lancedb`. It imports nothing else from
-the package but :mod:`ursa_daemon.errors`.
+This is the only module that imports :mod:`lancedb` (through
+:func:`ursa_daemon._lance_import.import_lancedb`, which defers the REST namespace
+client lancedb never uses here). It imports nothing else from the package but
+:mod:`ursa_daemon.errors`.
 
 Tables (SPEC §4), one Lance dataset each under the catalog URI::
 
@@ -76,6 +78,7 @@ from pydantic import (
     StringConstraints,
 )
 
+from ursa_daemon._lance_import import import_lancedb
 from ursa_daemon.errors import CatalogError, CatalogRowExists, WritesNotEnabled
 
 if TYPE_CHECKING:
@@ -588,6 +591,7 @@ TABLE_NAMES: tuple[str, ...] = tuple(_SPECS)
 
 
 def _index_config(kind: IndexKind) -> BTree | Bitmap | LabelList:
+    import_lancedb()
     from lancedb.index import Bitmap, BTree, LabelList
 
     if kind == "BTREE":
@@ -914,7 +918,7 @@ class Catalog:
         ``read_consistency_interval``: how stale a read may be (None: never look
         for other processes' commits; call :meth:`refresh`).
         """
-        import lancedb  # here, not at import: the upload path never pays for it
+        lancedb = import_lancedb()  # here, not at import: the upload path never pays for it
 
         loop = _event_loop()
         with _lance_errors(f"open catalog {_redact(uri)}"):

@@ -6,6 +6,12 @@ Stable keys (SPEC section 6, append-only): ``timestamp`` (ISO-8601 UTC),
 ``ursa.download``) go through the same renderer, their ``extra`` keys kept.
 Every registered secret is replaced by ``***`` in every value before
 rendering: defence in depth behind never logging credentials at all.
+
+structlog (which pulls in rich's traceback machinery) is imported on the first
+log line, not at import: ``get_logger`` hands out a proxy and ``setup_logging``
+installs the stdlib handler at once but builds the structlog side when it is
+first needed, so a command that logs nothing (``status``, ``--help``) never
+pays for it.
 """
 
 from __future__ import annotations
@@ -15,9 +21,8 @@ import os
 import sys
 import threading
 from collections.abc import MutableMapping
+from types import ModuleType
 from typing import Any, TextIO
-
-import structlog
 
 __all__ = ["byte_progress", "get_logger", "register_secret", "scrub", "setup_logging"]
 
@@ -73,38 +78,25 @@ def _stdlib_extra(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Muta
     return event_dict
 
 
+_SETUP_LOCK = threading.RLock()
+#: The last ``setup_logging`` arguments not yet applied to structlog: (json, stream).
+_pending: tuple[bool, TextIO] | None = None
+
+
 def setup_logging(*, json: bool | None = None, level: str | None = None, stream: TextIO | None = None) -> None:
     """Configure structlog and the stdlib root logger once.
 
     ``json=None`` picks JSON unless ``stream`` is a terminal. ``level`` defaults
-    to ``$URSA_LOG_LEVEL`` or INFO.
+    to ``$URSA_LOG_LEVEL`` or INFO. The stdlib handler is installed now; structlog
+    is configured now if it is already imported, else on the first log line.
     """
+    global _pending
     stream = stream or sys.stdout
     if json is None:
         json = not stream.isatty()
     level_name = (level or os.environ.get("URSA_LOG_LEVEL") or "INFO").upper()
-    shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
-    ]
-    renderer: Any = (
-        structlog.processors.JSONRenderer(sort_keys=False)
-        if json
-        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
-    )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, _stdlib_extra],
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            _redact,
-            renderer,
-        ],
-    )
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(formatter)
+    handler.setFormatter(_LazyFormatter(json, stream))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -112,12 +104,90 @@ def setup_logging(*, json: bool | None = None, level: str | None = None, stream:
     root.setLevel(level_name)
     for noisy in ("botocore", "urllib3", "werkzeug", "apscheduler", "watchdog"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
-    structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
-    )
+    with _SETUP_LOCK:
+        _pending = (json, stream)
+    if "structlog" in sys.modules:
+        _structlog()
+
+
+def _shared_processors(structlog: ModuleType) -> list[Any]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+    ]
+
+
+def _structlog() -> ModuleType:
+    """Import structlog; apply a pending ``setup_logging`` to it."""
+    global _pending
+    import structlog
+
+    if _pending is not None:
+        with _SETUP_LOCK:
+            if _pending is not None:
+                structlog.configure(
+                    processors=[
+                        *_shared_processors(structlog),
+                        structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+                    ],
+                    logger_factory=structlog.stdlib.LoggerFactory(),
+                    wrapper_class=structlog.stdlib.BoundLogger,
+                    cache_logger_on_first_use=True,
+                )
+                _pending = None
+    return structlog
+
+
+class _LazyFormatter(logging.Formatter):
+    """structlog's ``ProcessorFormatter`` for the root handler, built on the first record."""
+
+    def __init__(self, json: bool, stream: TextIO) -> None:
+        super().__init__()
+        self._json = json
+        self._stream = stream
+        self._real: logging.Formatter | None = None
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self._real is None:
+            with _SETUP_LOCK:
+                if self._real is None:
+                    structlog = _structlog()
+                    renderer: Any = (
+                        structlog.processors.JSONRenderer(sort_keys=False)
+                        if self._json
+                        else structlog.dev.ConsoleRenderer(colors=self._stream.isatty())
+                    )
+                    self._real = structlog.stdlib.ProcessorFormatter(
+                        foreign_pre_chain=[*_shared_processors(structlog), _stdlib_extra],
+                        processors=[
+                            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                            structlog.processors.format_exc_info,
+                            _redact,
+                            renderer,
+                        ],
+                    )
+        return self._real.format(record)
+
+
+class _LazyLogger:
+    """Stands for ``structlog.stdlib.get_logger(name)``; imports structlog on first use."""
+
+    __slots__ = ("_name", "_real")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._real: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        real = self._real
+        if real is None:
+            real = self._real = _structlog().stdlib.get_logger(self._name)
+        return getattr(real, attr)
+
+    def __repr__(self) -> str:
+        return f"<lazy logger {self._name!r}>"
 
 
 def byte_progress(console: Any, *, transient: bool = False) -> Any:
@@ -136,5 +206,5 @@ def byte_progress(console: Any, *, transient: bool = False) -> Any:
 
 
 def get_logger(name: str) -> Any:
-    """A structlog logger named ``name`` (``ursa.daemon``, ``ursa.upload``, ...)."""
-    return structlog.stdlib.get_logger(name)
+    """A structlog logger named ``name`` (``ursa.daemon``, ``ursa.upload``, ...), imported on first use."""
+    return _LazyLogger(name)
