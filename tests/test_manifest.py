@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -168,7 +169,7 @@ def test_bad_worker_directory(tmp_path: Path, bad: str) -> None:
 
 @pytest.mark.parametrize(
     ("body", "words"),
-    [(b"   \n", "holds no name"), (b"x" * 5000, "larger than"), (b"\xff\xfe\x00bad", "not UTF-8")],
+    [(b"x" * 5000, "larger than"), (b"\xff\xfe\x00bad", "not UTF-8")],
 )
 def test_bad_participant_file(tmp_path: Path, body: bytes, words: str) -> None:
     rec = make_session(tmp_path)
@@ -221,3 +222,103 @@ def test_augment_keeps_the_rigs_keys_of_each_file_entry(tmp_path: Path) -> None:
 )
 def test_impossible_time_spans(tmp_path: Path, extra: dict, words: str) -> None:  # type: ignore[type-arg]
     expect_error(make_session(tmp_path, manifest={"recording_id": REC, **extra}), words)
+
+
+# -- issue 12: bounded numbers, deep JSON, names the stores cannot carry, colliding workers ----
+
+
+@pytest.mark.parametrize(
+    ("fields", "key"),
+    [
+        ({"duration_s": 1e300}, "duration_s"),
+        ({"duration_s": 10**400}, "duration_s"),
+        ({"duration_s": 1e11}, "duration_s"),  # 1e20 ns
+        ({"start_time": 10**30}, "start_time"),
+        ({"start_time": -(10**30)}, "start_time"),
+        ({"start_time": "9999-12-31T23:59:59+00:00"}, "start_time"),  # past 2262
+        ({"start_time": -(2**63), "end_time": 2**63 - 1}, "end_time"),  # each fits, the span does not
+    ],
+)
+def test_times_and_durations_must_fit_int64_ns(tmp_path: Path, fields: dict[str, object], key: str) -> None:
+    doc = {"recording_id": REC, "start_time": "2026-05-20T19:56:28.120+00:00", **fields}
+    if "end_time" not in fields and "duration_s" not in fields:
+        doc["duration_s"] = 1.0
+    err = expect_error(make_session(tmp_path, manifest=doc), key, "int64")
+    assert err.file == "manifest.json"
+
+
+def test_int64_edges_are_accepted(tmp_path: Path) -> None:
+    rec = make_session(tmp_path, manifest={"recording_id": REC, "start_time": 2**63 - 1, "duration_s": 0})
+    assert load_session(rec).start_time_ns == 2**63 - 1
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+                                  b'{"x": ' + b"[" * 200 + b"]" * 200 + b"}"])
+def test_deeply_nested_json_is_refused_not_a_recursion_error(tmp_path: Path, body: bytes) -> None:
+    expect_error(make_session(tmp_path, manifest=body), "manifest.json", "deeper than")
+
+
+def test_deep_node_manifest_is_refused(tmp_path: Path) -> None:
+    rec = make_session(tmp_path)
+    (rec / "manifest.json").unlink()
+    (rec / "_node_manifests").mkdir()
+    (rec / "_node_manifests" / "a.json").write_bytes(b"[" * 100_000)
+    err = expect_error(rec, "deeper than")
+    assert err.file == "_node_manifests/a.json"
+
+
+def test_manifest_that_is_a_directory_is_an_input_error(tmp_path: Path) -> None:
+    rec = make_session(tmp_path)
+    (rec / "manifest.json").unlink()
+    (rec / "manifest.json").mkdir()
+    expect_error(rec, "manifest.json", "not a regular file")
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [(b"a\xff.bin", "not UTF-8"), (b"take#1", "#<digits>"), (b"#42", "#<digits>"), (b"x" * 250, "1024 bytes")],
+)
+def test_file_names_no_store_can_carry(tmp_path: Path, name: bytes, words: str) -> None:
+    rec = make_session(tmp_path)
+    deep = b"/".join([b"d" * 200] * 4) if words == "1024 bytes" else b""
+    path = os.path.join(os.fsencode(rec), b"eeg_4559", deep, name) if deep else os.path.join(
+        os.fsencode(rec), b"eeg_4559", name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(b"1")
+    err = expect_error(rec, words)
+    assert err.file is not None and err.file.startswith("eeg_4559/")
+    err.file.encode("utf-8")  # the name is reported printable, never as a lone surrogate
+
+
+def test_names_with_hash_not_at_the_end_are_data(tmp_path: Path) -> None:
+    rec = make_session(tmp_path, files={"eeg/take#1.bin": b"1", "eeg/d#2/x": b"2", "eeg/#x": b"3"})
+    assert [f.rel_path for f in load_session(rec).files] == ["eeg/#x", "eeg/d#2/x", "eeg/take#1.bin"]
+
+
+def test_colliding_worker_directories_are_rejected_when_read(tmp_path: Path) -> None:
+    err = expect_error(make_session(tmp_path, files={"eeg/a": b"1", "eeg_/b": b"2"}), "'eeg'", "'eeg_'", "rename")
+    assert err.file == "eeg_"
+
+
+def test_blank_participant_file_means_no_participant(tmp_path: Path) -> None:
+    rec = make_session(tmp_path)
+    (rec / "participant.txt").write_bytes(b"  \n")
+    assert load_session(rec).participant is None
+
+
+def test_participant_file_that_is_a_directory(tmp_path: Path) -> None:
+    rec = make_session(tmp_path)
+    (rec / "participant.txt").mkdir()
+    expect_error(rec, "participant.txt")
+
+
+def test_non_latin_participant_keeps_its_name_and_gets_an_id(tmp_path: Path) -> None:
+    rec = make_session(tmp_path)
+    (rec / "participant.txt").write_text("李小龍\n", encoding="utf-8")
+    assert load_session(rec).participant == "李小龍"
+    pid = participant_id("李小龍")
+    assert re.fullmatch(r"p_[0-9a-f]{12}", pid)
+    assert participant_id(" 李小龍 ") == pid and participant_id("李小虎") != pid
+    assert participant_id("ΩΜΈΓΑ") == participant_id("ωμέγα")  # case-folded
+    assert participant_id("Aria Lin") == "aria_lin" and participant_id("   ") == ""

@@ -77,14 +77,20 @@ def _errors_to_exit(func: F) -> F:
             _fail(exc, "error", EXIT_USAGE, as_json)
         except UrsaError as exc:
             _fail(exc, "error", EXIT_FAILED, as_json)
+        except Exception as exc:  # a bug: its traceback on stderr, and still the one JSON document
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+            _fail(exc, "internal error", EXIT_FAILED, as_json, typed=True)
 
     return wrapper  # type: ignore[return-value]
 
 
-def _fail(exc: Exception, label: str, code: int, as_json: bool) -> NoReturn:
+def _fail(exc: Exception, label: str, code: int, as_json: bool, *, typed: bool = False) -> NoReturn:
     from ursa_daemon.log import scrub
 
-    message = scrub(str(exc))
+    message = scrub(f"{type(exc).__name__}: {exc}" if typed else str(exc))
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")  # a name that is not UTF-8
     if as_json:
         doc: dict[str, Any] = {"error": message, "exit_code": code}
         for attr in ("rec_id", "file", "key"):

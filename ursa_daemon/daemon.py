@@ -35,7 +35,7 @@ from ursa_daemon.errors import (
     StorePermissionError,
     UrsaError,
 )
-from ursa_daemon.ingest import UploadProgress, ingest, register_many
+from ursa_daemon.ingest import UploadProgress, duplicate_error, ingest, register_many
 from ursa_daemon.log import get_logger
 from ursa_daemon.manifest import hash_files, load_session
 from ursa_daemon.metrics import METRICS
@@ -207,10 +207,37 @@ class Daemon:
     def process(self, rec_dir: Path, *, signature: str | None = None, defer_register: bool = False) -> Outcome:
         """Take one session as far as it goes now. Never raises for a bad or failing session.
 
+        This is the session's error boundary: whatever goes wrong (any ``Exception``, bugs
+        included) ends this session ``rejected`` (bad input) or ``failed`` (retried with
+        backoff), with a one-line reason in ``status`` and the traceback in a DEBUG log line.
+
         With ``defer_register`` a session whose bytes are all in comes back as
         ``registering`` with its rows in ``pending``: pass such outcomes to
         :meth:`register_pending`.
         """
+        rec_id = rec_dir.name
+        try:
+            return self._process(rec_dir, signature, defer_register)
+        except Exception as exc:  # the boundary: one session must never stop the daemon
+            return self._boundary(rec_id, exc, rec_dir=rec_dir)
+
+    def _boundary(self, rec_id: str, exc: BaseException, *, rec_dir: Path | None = None) -> Outcome:
+        """Classify what escaped one session's processing; never raises."""
+        log.debug("session.error", rec_id=rec_id, error=_one_line(exc), exc_info=exc)
+        try:
+            if isinstance(exc, InputError):
+                return self._reject(rec_id, str(exc), rec_dir=rec_dir)
+            if isinstance(exc, NodesPending):
+                return self._wait_for_nodes(rec_id, exc)
+            if isinstance(exc, CatalogRowExists):
+                return self._reject(rec_id, f"{rec_id}: {exc}", rec_dir=rec_dir)
+            return self._fail(rec_id, exc, rec_dir=rec_dir)
+        except Exception as again:  # the state database itself fails: still report, never raise
+            log.warning("session.state_write_failed", rec_id=rec_id, error=_one_line(again))
+            status = "rejected" if isinstance(exc, InputError | CatalogRowExists) else "failed"
+            return METRICS.outcome(Outcome(rec_id, status, _one_line(exc)))
+
+    def _process(self, rec_dir: Path, signature: str | None, defer_register: bool) -> Outcome:
         rec_id = rec_dir.name
         root = str(rec_dir.parent)
         if signature is None:
@@ -228,16 +255,13 @@ class Daemon:
         self.state.upsert_session(rec_id, root, SessionState.HASHING, signature=signature)
         log.info("session.queued", rec_id=rec_id)
         started = time.monotonic()
-        try:
-            return self._ingest(rec_dir, started, defer_register)
-        except InputError as exc:
-            return self._reject(rec_id, str(exc))
-        except NodesPending as exc:
-            return self._wait_for_nodes(rec_id, exc)
-        except CatalogRowExists as exc:
-            return self._reject(rec_id, f"{rec_id}: {exc}")
-        except (UrsaError, OSError) as exc:
-            return self._fail(rec_id, exc)
+        if rec_dir.is_symlink():
+            raise InputError(
+                f"{rec_id}: the session directory is a symbolic link (to {_link_target(rec_dir)}); links are "
+                "never followed: move the real directory under the recordings root instead",
+                rec_id=rec_id,
+            )
+        return self._ingest(rec_dir, started, defer_register)
 
     def _ingest(self, rec_dir: Path, started: float, defer_register: bool = False) -> Outcome:
         rec_id = rec_dir.name
@@ -307,19 +331,54 @@ class Daemon:
             return []
         try:
             results = register_many(self.data, [o.pending for o in batch if o.pending is not None])
-        except (UrsaError, OSError) as exc:  # the catalog itself is unreachable: retry them all later
-            return [self._fail(o.rec_id, exc) for o in batch]
+        except Exception as exc:  # the catalog itself is unreachable: retry them all later
+            log.debug("session.error", error=_one_line(exc), exc_info=exc)
+            return [self._boundary(o.rec_id, exc) for o in batch]
         out = []
         for o, res in zip(batch, results, strict=True):
             counts = (o.files_uploaded, o.files_skipped, o.bytes_uploaded)
             done = Outcome(o.rec_id, "registered", None, *counts, started=o.started)
-            if isinstance(res, CatalogRowExists | ValueError):  # this session's rows can never go in
-                out.append(self._reject(o.rec_id, f"{o.rec_id}: {res}"))
+            if isinstance(res, CatalogRowExists | InputError | ValueError | TypeError | OverflowError):
+                # this session's rows can never go in (the others of the batch went on)
+                log.debug("session.error", rec_id=o.rec_id, error=_one_line(res), exc_info=res)
+                out.append(self._reject(o.rec_id, self._conflict_reason(o, res)))
             elif isinstance(res, Exception):
-                out.append(self._fail(o.rec_id, res))
+                out.append(self._boundary(o.rec_id, res))
             else:
-                out.append(self._registered(done, res))
+                try:
+                    out.append(self._registered(done, res))
+                except Exception as exc:
+                    out.append(self._boundary(o.rec_id, exc))
         return out
+
+    def _conflict_reason(self, o: Outcome, exc: Exception) -> str:
+        """Say what happened: a registration refused because the same bytes are already
+        registered under another ``rec_id`` (a copied session) is said as such."""
+        if isinstance(exc, CatalogRowExists) and o.pending is not None:
+            rh = o.pending.recording.recording_hash
+            try:
+                other = self.data._write_catalog().get_recording(rh)
+            except Exception:  # the plain conflict is still a reason
+                other = None
+            if other is not None and other.rec_id != o.rec_id:
+                self._discard_unregistered(o.rec_id)
+                return str(duplicate_error(o.rec_id, other.rec_id, rh))
+        text = str(exc)
+        return text if text.startswith(o.rec_id) else f"{o.rec_id}: {text}"
+
+    def _discard_unregistered(self, rec_id: str) -> None:
+        """Delete a refused copy's uploaded objects (its twin registered first, within the same
+        batch), unless some catalog row belongs to this ``rec_id``: no bytes are left behind."""
+        try:
+            catalog = self.data._write_catalog()
+            if catalog.list_recordings(where={"rec_id": rec_id}, limit=1):
+                return
+            raw = self.data.store("raw_rw")
+            for meta in list(raw.list(f"recordings/{rec_id}/")):
+                raw.delete(meta.key)
+            log.info("session.discarded", rec_id=rec_id)
+        except Exception as exc:  # the refusal stands; the sweep or an operator can remove them
+            log.warning("session.discard_failed", rec_id=rec_id, error=_one_line(exc))
 
     def optimize_catalog(self) -> None:
         """Compact the catalog and fold new rows into its indexes, if anything was registered."""
@@ -346,10 +405,21 @@ class Daemon:
                 out[rel] = f.sha256
         return out
 
-    def _reject(self, rec_id: str, error: str) -> Outcome:
+    def _reject(self, rec_id: str, error: str, *, rec_dir: Path | None = None) -> Outcome:
+        """``rejected``, with a state row even when the session was refused before it had one."""
+        error = _one_line(error)
+        self._ensure_row(rec_id, rec_dir)
         self.state.set_state(rec_id, SessionState.REJECTED, error=error)
         log.warning("session.rejected", rec_id=rec_id, error=error)
         return METRICS.outcome(Outcome(rec_id, "rejected", error))
+
+    def _ensure_row(self, rec_id: str, rec_dir: Path | None) -> None:
+        if rec_dir is not None and self.state.session(rec_id) is None:
+            try:
+                _, signature = tree_signature(rec_dir)
+            except OSError:
+                signature = None
+            self.state.upsert_session(rec_id, str(rec_dir.parent), SessionState.DISCOVERED, signature=signature)
 
     def _wait_for_nodes(self, rec_id: str, exc: NodesPending) -> Outcome:
         """Our half is in; look again later (backoff as for failures, capped at the same hour)."""
@@ -370,9 +440,10 @@ class Daemon:
         delay = min(watch.retry_max_seconds, watch.retry_base_seconds * 2 ** (attempts - 1))
         return attempts, delay * random.uniform(0.75, 1.25)
 
-    def _fail(self, rec_id: str, exc: BaseException) -> Outcome:
+    def _fail(self, rec_id: str, exc: BaseException, *, rec_dir: Path | None = None) -> Outcome:
+        self._ensure_row(rec_id, rec_dir)
         attempts, delay = self._next_delay(rec_id)
-        error = f"{type(exc).__name__}: {exc}"
+        error = _one_line(exc)
         self.state.set_state(
             rec_id, SessionState.FAILED, error=error, next_attempt_at=time.time() + delay, count_attempt=True
         )
@@ -441,9 +512,12 @@ class Daemon:
                         )
                         report(o)
                     continue
-                if on_session is not None:
-                    on_session(sd)
-                outcome = self.process(sd.path, signature=sd.signature, defer_register=True)
+                try:
+                    if on_session is not None:
+                        on_session(sd)
+                    outcome = self.process(sd.path, signature=sd.signature, defer_register=True)
+                except Exception as exc:  # a progress callback's bug: this session alone
+                    outcome = self._boundary(sd.rec_id, exc, rec_dir=sd.path)
                 if outcome.status == "registering":
                     registrar.submit(outcome)
                 else:
@@ -508,7 +582,7 @@ class _Registrar:
                 outcomes = self.daemon.register_pending(batch)
             except Exception as exc:  # a bug must not strand sessions as "registering" silently
                 log.exception("daemon.registrar_failed", error=repr(exc))
-                outcomes = [self.daemon._fail(o.rec_id, exc) for o in batch]
+                outcomes = [self.daemon._boundary(o.rec_id, exc) for o in batch]
             for o in outcomes:
                 self.report(o)
 
@@ -526,6 +600,24 @@ def in_upload_window(windows: list[str], now: datetime | None = None) -> bool:
         if inside:
             return True
     return False
+
+
+def _one_line(reason: BaseException | str) -> str:
+    """One printable line for ``status`` and the logs: an exception as ``Type: message`` (an
+    ``UrsaError`` as its message alone), line breaks folded, bytes that are not UTF-8 escaped."""
+    if isinstance(reason, BaseException):
+        text = str(reason) if isinstance(reason, UrsaError) else f"{type(reason).__name__}: {reason}"
+    else:
+        text = reason
+    text = " ".join(text.split()) or "unknown error"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:2000]
+
+
+def _link_target(path: Path) -> str:
+    try:
+        return repr(os.readlink(path))
+    except OSError:
+        return "?"
 
 
 def _mtime_ns(path: Path) -> int:

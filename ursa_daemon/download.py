@@ -488,11 +488,14 @@ def _raw_objects(
     prefix = prefix.rstrip("/") + "/"
     store = stores("raw")
     objects = []
+    # below a worker prefix (recordings/<rec_id>/<worker>/) a file named manifest.json is data;
+    # only a prefix of a whole session would list the session's own side files
+    session_prefix = len(prefix.strip("/").split("/")) < 3
     for meta in _list(store, prefix, uri, retry):
         if not meta.key.startswith(prefix):
             raise _unsafe(meta.key, uri)
         rel = _check_rel(meta.key[len(prefix) :], meta.key, uri)
-        if rel not in (MANIFEST_NAME, PARTICIPANT_NAME):  # never below a worker prefix; belt and braces
+        if not (session_prefix and rel in (MANIFEST_NAME, PARTICIPANT_NAME)):
             objects.append(PlannedObject(meta.key, meta.size, rel))
     return store, prefix, objects
 

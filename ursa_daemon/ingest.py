@@ -26,7 +26,7 @@ from ursa_daemon.catalog import (
     SessionRows,
 )
 from ursa_daemon.config import LocalProfile, S3Profile
-from ursa_daemon.errors import InputError, NodesPending, ObjectNotFound, UrsaError
+from ursa_daemon.errors import InputError, NodesPending, ObjectNotFound
 from ursa_daemon.log import get_logger
 from ursa_daemon.manifest import (
     MANIFEST_NAME,
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IngestResult",
+    "duplicate_error",
     "SessionSpan",
     "UploadProgress",
     "ingest",
@@ -157,9 +158,13 @@ def ingest(
         part_size=cfg.part_size_bytes,
         bandwidth_bytes_per_s=cfg.bandwidth_bytes_per_s,
     )
+    name = participant if participant is not None else session.participant
+    span = SessionSpan(rec_id, session.start_time_ns, session.duration_ns)
+    _check_rows(data, span, files, doc, name)  # what the catalog would refuse, refused before any byte moves
     tracker = _Progress(files, progress, rec_id)
     stored_doc = _stored_manifest(raw, rec_id)
     if not session.node_manifests:
+        _refuse_duplicate(data, rec_id, rh)
         _replace_changed_version(data, rec_id, rh, stored_doc, overwrite)
     todo = files if overwrite else _files_to_upload(raw, rec_id, files, tracker, stored_doc)
     started = time.monotonic()
@@ -186,7 +191,6 @@ def ingest(
     if not done or should_stop():
         log.info("session.paused", rec_id=rec_id, recording_hash=rh, bytes_done=tracker.bytes_uploaded)
         return tracker.result(paused=True, recording=None)
-    name = participant if participant is not None else session.participant
     if name is not None:
         put_small(raw, rel_key(rec_id, PARTICIPANT_NAME), (name + "\n").encode("utf-8"), "text/plain")
     if session.node_manifests:
@@ -199,7 +203,6 @@ def ingest(
         bytes_done=tracker.bytes_uploaded,
         elapsed_s=round(time.monotonic() - started, 3),
     )
-    span = SessionSpan(rec_id, session.start_time_ns, session.duration_ns)
     rows = session_rows(data.profile, span, files, doc, participant=name)
     if defer_register:
         return tracker.result(paused=False, recording=None, pending=rows)
@@ -238,6 +241,53 @@ def _finish_node_half(
         exc.result = tracker.result(paused=False, recording=None)  # what moved before the wait
         raise
     return tracker.result(paused=False, recording=done.recording)
+
+
+def _check_rows(
+    data: DataInterface, span: SessionSpan, files: list[FileEntry], doc: dict[str, Any], participant: str | None
+) -> None:
+    """Build the session's catalog rows once before upload: a value the catalog cannot hold
+    (a NaN in ``device_info``, a sampling rate of 1e400) is an input error naming the field."""
+    from pydantic import ValidationError
+
+    try:
+        session_rows(data.profile, span, files, doc, participant=participant)
+    except ValidationError as exc:
+        errors = exc.errors()
+        where = ".".join(str(p) for p in errors[0]["loc"]) if errors else "?"
+        msg = errors[0]["msg"] if errors else "invalid value"
+        raise InputError(
+            f"{span.rec_id}: {MANIFEST_NAME}: {exc.title} field {where} cannot be cataloged "
+            f"({msg}); fix the manifest",
+            rec_id=span.rec_id,
+            file=MANIFEST_NAME,
+        ) from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InputError(
+            f"{span.rec_id}: {MANIFEST_NAME} holds a value the catalog cannot hold ({type(exc).__name__}: {exc}); "
+            "fix the manifest",
+            rec_id=span.rec_id,
+            file=MANIFEST_NAME,
+        ) from None
+
+
+def duplicate_error(rec_id: str, other: str, rh: str) -> InputError:
+    """The refusal of a session whose data files are byte-identical to another registered one."""
+    return InputError(
+        f"{rec_id}: its data files are byte-identical to those of {other}, already registered as "
+        f"recording_hash {rh[:12]}…; one recording cannot be cataloged twice, so nothing of {rec_id} is "
+        f"registered. If it is a copy of {other}, delete it; if it is a different recording, its files "
+        "should differ: check what the rig wrote",
+        rec_id=rec_id,
+        file=MANIFEST_NAME,
+    )
+
+
+def _refuse_duplicate(data: DataInterface, rec_id: str, rh: str) -> None:
+    """Before any byte moves: the same bytes already registered under another ``rec_id``."""
+    existing = data._write_catalog().get_recording(rh)
+    if existing is not None and existing.rec_id != rec_id:
+        raise duplicate_error(rec_id, existing.rec_id, rh)
 
 
 def _replace_changed_version(
@@ -425,6 +475,8 @@ def session_rows(
         uri = storage_uri(profile, "raw", rel_key(rec_id, worker) + "/")
         wmeta: dict[str, Any] = workers_meta[worker] if isinstance(workers_meta.get(worker), dict) else {}
         rate = wmeta.get("sampling_rate")
+        if isinstance(rate, int) and not isinstance(rate, bool) and abs(rate) > 2**1023:
+            raise ValueError(f"workers.{worker}.sampling_rate is too large for a float")
         modalities.append(
             ModalityRow(
                 recording_hash=rh,
@@ -488,12 +540,13 @@ def register_many(
         return []
     try:
         results = data._write_catalog().register_sessions(batch, **_policies(overwrite))
-    except UrsaError:
+    except Exception as batch_exc:  # any failure of the batch: one session must not take the others down
+        log.debug("catalog.batch_failed", error=f"{type(batch_exc).__name__}: {batch_exc}", exc_info=batch_exc)
         results = []
         for rows in batch:
             try:
                 results.append(register_rows(data, rows, overwrite=overwrite))
-            except UrsaError as exc:
+            except Exception as exc:
                 results.append(exc)
         return results
     for rows, res in zip(batch, results, strict=True):

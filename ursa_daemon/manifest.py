@@ -12,6 +12,7 @@ import math
 import os
 import re
 import stat
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,6 +56,15 @@ HASH_CHUNK_SIZE = 1 << 20
 #: a manifest larger than this is not a rig manifest
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_PARTICIPANT_BYTES = 256
+#: JSON nested deeper than this is not a rig manifest (and would exhaust Python's recursion)
+MAX_JSON_DEPTH = 64
+#: the catalog keeps times and durations as int64 epoch nanoseconds
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+#: S3 (and R2) refuse object keys longer than this many UTF-8 bytes
+MAX_KEY_BYTES = 1024
+#: obstore's local store cannot hold a file whose name ends in ``#<digits>`` (its staging names)
+_LOCAL_RESERVED_RE = re.compile(r"#\d+$")
 
 REC_ID_RE = re.compile(r"^rec_\d{8}_\d{6}_[0-9a-f]{4,32}$")
 #: a node manifest is named after its node: ``_node_manifests/<hostname>.json``
@@ -132,6 +142,7 @@ def walk_session(rec_dir: Path) -> list[FileEntry]:
         top = sorted(os.scandir(rec_dir), key=lambda e: e.name)
     except FileNotFoundError:
         raise InputError(f"{rec_id}: session directory {rec_dir} does not exist", rec_id=rec_id) from None
+    workers: dict[tuple[str, str], str] = {}
     for entry in top:
         if entry.is_symlink():
             _symlink_error(rec_id, entry.name)
@@ -141,12 +152,22 @@ def walk_session(rec_dir: Path) -> list[FileEntry]:
             continue
         if not _worker_name_ok(entry.name):
             raise InputError(
-                f"{rec_id}: directory {entry.name!r} is not a worker name "
+                f"{rec_id}: directory {_printable(entry.name)!r} is not a worker name "
                 "(<family>[_<suffix>], family ^[a-z][a-z0-9]*$, suffix lowercase letters, "
                 "digits, '_', '.', '-'); rename it or move it out of the session",
                 rec_id=rec_id,
+                file=_printable(entry.name),
+            )
+        key = split_worker(entry.name)
+        if key in workers:
+            raise InputError(
+                f"{rec_id}: worker directories {workers[key]!r} and {entry.name!r} are the same modality "
+                f"({key[0]!r}, worker id {key[1]!r}) and would overwrite each other's catalog row; "
+                "rename one of them",
+                rec_id=rec_id,
                 file=entry.name,
             )
+        workers[key] = entry.name
         _walk_worker(Path(entry.path), entry.name, rec_id, entries)
     entries.sort(key=lambda e: e.rel_path)
     return entries
@@ -159,18 +180,57 @@ def _walk_worker(path: Path, rel: str, rec_id: str, out: list[FileEntry]) -> Non
             _symlink_error(rec_id, rel_path)
         if not is_data_name(entry.name):
             continue
-        if "\\" in entry.name or any(ord(c) < 0x20 or c == "\x7f" for c in entry.name):
-            raise InputError(
-                f"{rec_id}: file name {rel_path!r} holds a backslash or a control character "
-                "(line break, tab, ...); rename it",
-                rec_id=rec_id,
-                file=rel_path,
-            )
+        _check_name(entry.name, rel_path, rec_id)
         st = entry.stat(follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
             _walk_worker(Path(entry.path), rel_path, rec_id, out)
         elif stat.S_ISREG(st.st_mode):
+            _check_file_name(entry.name, rel_path, rec_id)
             out.append(FileEntry(rel_path, st.st_size))
+
+
+def _printable(rel_path: str) -> str:
+    """``rel_path`` for a message: bytes that are not UTF-8 shown as ``\\xNN``."""
+    return os.fsencode(rel_path).decode("utf-8", "backslashreplace")
+
+
+def _check_name(name: str, rel_path: str, rec_id: str) -> None:
+    """A name every store can carry: UTF-8, no backslash, no control character."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(
+            f"{rec_id}: file name '{_printable(rel_path)}' is not UTF-8 (bytes from another encoding); "
+            "object keys are UTF-8: rename it",
+            rec_id=rec_id,
+            file=_printable(rel_path),
+        ) from None
+    if "\\" in name or any(ord(c) < 0x20 or c == "\x7f" for c in name):
+        raise InputError(
+            f"{rec_id}: file name {rel_path!r} holds a backslash or a control character "
+            "(line break, tab, ...); rename it",
+            rec_id=rec_id,
+            file=rel_path,
+        )
+
+
+def _check_file_name(name: str, rel_path: str, rec_id: str) -> None:
+    """What one of the stores cannot hold is refused on every profile alike, before upload."""
+    if _LOCAL_RESERVED_RE.search(name):
+        raise InputError(
+            f"{rec_id}: file name {rel_path!r} ends in '#<digits>', which the local store keeps for its "
+            "own temporary files and cannot hold; rename it (say 'take#2' to 'take_2')",
+            rec_id=rec_id,
+            file=rel_path,
+        )
+    key_bytes = len(rel_key(rec_id, rel_path).encode("utf-8"))
+    if key_bytes > MAX_KEY_BYTES:
+        raise InputError(
+            f"{rec_id}: path {rel_path[:80]!r}... makes an object key of {key_bytes} bytes; S3 and R2 "
+            f"refuse keys over {MAX_KEY_BYTES} bytes: shorten the directory or file names",
+            rec_id=rec_id,
+            file=rel_path,
+        )
 
 
 def _symlink_error(rec_id: str, rel: str) -> None:
@@ -250,15 +310,20 @@ def recording_hash(sha256s: Iterable[str]) -> str:
 def parse_time_ns(value: Any, *, rec_id: str, key: str, file: str) -> int:
     """An ISO-8601 time with an offset, or integer epoch nanoseconds, as epoch ns."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
+        return _int64(value, rec_id=rec_id, key=key, file=file)
     if isinstance(value, str):
         try:
             dt = datetime.fromisoformat(value)
         except ValueError:
             dt = None
         if dt is not None and dt.tzinfo is not None:
-            delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
-            return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+            try:
+                delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
+            except OverflowError:  # an offset that pushes the time past year 1 or 9999
+                delta = None
+            if delta is not None:
+                ns = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+                return _int64(ns, rec_id=rec_id, key=key, file=file)
     raise InputError(
         f"{rec_id}: {file}: {key} must be ISO-8601 with an offset "
         "(2026-05-20T19:56:28.120+00:00) or integer epoch nanoseconds; got "
@@ -268,16 +333,47 @@ def parse_time_ns(value: Any, *, rec_id: str, key: str, file: str) -> int:
     )
 
 
-def _load_json(path: Path, rec_id: str, rel: str) -> dict[str, Any]:
+def _int64(ns: int, *, rec_id: str, key: str, file: str) -> int:
+    """``ns`` if it fits the catalog's int64 nanoseconds, else an InputError naming ``key``."""
+    if INT64_MIN <= ns <= INT64_MAX:
+        return ns
+    raise InputError(
+        f"{rec_id}: {file}: {key} is out of range: the catalog keeps times as int64 epoch nanoseconds "
+        "(years 1677 to 2262); fix the manifest",
+        rec_id=rec_id,
+        file=file,
+    )
+
+
+def _json_depth_ok(doc: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when ``doc`` nests no deeper than ``limit`` (iterative: no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list):
+            if depth > limit:
+                return False
+            stack.extend((child, depth + 1) for child in node if isinstance(child, dict | list))
+    return True
+
+
+_TOO_DEEP = object()
+
+
+def parse_json_document(body: bytes, rec_id: str, rel: str) -> dict[str, Any]:
+    """A manifest-like JSON object from ``body``: UTF-8, at most ``MAX_MANIFEST_BYTES``, nested at
+    most ``MAX_JSON_DEPTH`` deep. Anything else is an InputError naming ``rel``, never a
+    ``RecursionError``."""
+    if len(body) > MAX_MANIFEST_BYTES:
+        raise InputError(
+            f"{rec_id}: {rel} is {len(body)} bytes, larger than any rig manifest; fix or remove it",
+            rec_id=rec_id,
+            file=rel,
+        )
     try:
-        size = path.stat().st_size
-        if size > MAX_MANIFEST_BYTES:
-            raise InputError(
-                f"{rec_id}: {rel} is {size} bytes, larger than any rig manifest; fix or remove it",
-                rec_id=rec_id,
-                file=rel,
-            )
-        doc = json.loads(path.read_bytes())
+        doc = json.loads(body)
     except UnicodeDecodeError as exc:
         raise InputError(f"{rec_id}: {rel} is not UTF-8 ({exc.reason}); rewrite it as UTF-8 JSON",
                          rec_id=rec_id, file=rel) from None
@@ -288,9 +384,40 @@ def _load_json(path: Path, rec_id: str, rel: str) -> dict[str, Any]:
             rec_id=rec_id,
             file=rel,
         ) from None
+    except RecursionError:  # nested deeper than Python parses
+        doc = _TOO_DEEP
+    except ValueError as exc:  # an integer literal of thousands of digits
+        raise InputError(f"{rec_id}: {rel} is not a usable JSON document ({exc}); fix the file",
+                         rec_id=rec_id, file=rel) from None
+    if doc is _TOO_DEEP or not _json_depth_ok(doc):
+        raise InputError(
+            f"{rec_id}: {rel} nests JSON deeper than {MAX_JSON_DEPTH} levels; no rig manifest does: fix the file",
+            rec_id=rec_id,
+            file=rel,
+        )
     if not isinstance(doc, dict):
         raise InputError(f"{rec_id}: {rel} must hold a JSON object; fix the file", rec_id=rec_id, file=rel)
     return doc
+
+
+def _load_json(path: Path, rec_id: str, rel: str) -> dict[str, Any]:
+    if path.is_symlink():
+        _symlink_error(rec_id, rel)
+    if not path.is_file():
+        raise InputError(
+            f"{rec_id}: {rel} is not a regular file (a directory?); the rig writes it as a JSON file: "
+            "remove it and write the file, or run `ursa-daemon reconstruct-manifest`",
+            rec_id=rec_id,
+            file=rel,
+        )
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise InputError(
+            f"{rec_id}: {rel} is {size} bytes, larger than any rig manifest; fix or remove it",
+            rec_id=rec_id,
+            file=rel,
+        )
+    return parse_json_document(path.read_bytes(), rec_id, rel)
 
 
 def read_manifest(rec_dir: Path) -> tuple[dict[str, Any], str]:
@@ -300,9 +427,7 @@ def read_manifest(rec_dir: Path) -> tuple[dict[str, Any], str]:
     """
     rec_id = rec_dir.name
     path = rec_dir / MANIFEST_NAME
-    if path.is_symlink():
-        _symlink_error(rec_id, MANIFEST_NAME)
-    if path.is_file():
+    if os.path.lexists(path):  # a directory or a link here is an error, not a missing manifest
         return _load_json(path, rec_id, MANIFEST_NAME), MANIFEST_NAME
     node_dir = rec_dir / NODE_MANIFEST_DIR
     nodes = sorted(node_dir.glob("*.json")) if node_dir.is_dir() else []
@@ -315,8 +440,6 @@ def read_manifest(rec_dir: Path) -> tuple[dict[str, Any], str]:
         )
     docs = []
     for p in nodes:
-        if p.is_symlink():
-            _symlink_error(rec_id, f"{NODE_MANIFEST_DIR}/{p.name}")
         docs.append(_load_json(p, rec_id, f"{NODE_MANIFEST_DIR}/{p.name}"))
     return merge_node_manifests(docs, rec_id), NODE_MANIFEST_DIR
 
@@ -478,13 +601,20 @@ def _duration_ns(doc: dict[str, Any], start_ns: int, rec_id: str, src: str) -> i
                 rec_id=rec_id,
                 file=src,
             )
-        return end_ns - start_ns
+        return _int64(end_ns - start_ns, rec_id=rec_id, key="end_time", file=src)
     dur = doc.get("duration_s")
     if dur is None:
         return 0
-    if isinstance(dur, bool) or not isinstance(dur, int | float) or not math.isfinite(dur) or dur < 0:
+    finite = isinstance(dur, int) or (isinstance(dur, float) and math.isfinite(dur))  # 10**400 is an int
+    if isinstance(dur, bool) or not finite or dur < 0:
         raise InputError(f"{rec_id}: {src}: duration_s must be a non-negative number", rec_id=rec_id, file=src)
-    return round(dur * 1_000_000_000)
+    try:
+        ns = round(dur * 1_000_000_000)
+    except OverflowError:  # 1e300 * 1e9 is infinite
+        ns = INT64_MAX + 1
+    if ns < 0:
+        raise InputError(f"{rec_id}: {src}: duration_s must be a non-negative number", rec_id=rec_id, file=src)
+    return _int64(ns, rec_id=rec_id, key="duration_s", file=src)
 
 
 def _check_listed_files(
@@ -535,7 +665,15 @@ def read_participant(rec_dir: Path) -> str | None:
         _symlink_error(rec_id, PARTICIPANT_NAME)
     if not path.exists():
         return None
-    data = path.read_bytes()[: MAX_PARTICIPANT_BYTES + 1]
+    if not path.is_file():
+        raise InputError(
+            f"{rec_id}: {PARTICIPANT_NAME} is not a regular file (a directory?); it should be a text file "
+            "holding one name: replace it or remove it",
+            rec_id=rec_id,
+            file=PARTICIPANT_NAME,
+        )
+    with open(path, "rb") as f:
+        data = f.read(MAX_PARTICIPANT_BYTES + 1)
     if len(data) > MAX_PARTICIPANT_BYTES:
         raise InputError(
             f"{rec_id}: {PARTICIPANT_NAME} is larger than {MAX_PARTICIPANT_BYTES} bytes; "
@@ -551,20 +689,25 @@ def read_participant(rec_dir: Path) -> str | None:
             rec_id=rec_id,
             file=PARTICIPANT_NAME,
         ) from None
-    if not name or not participant_id(name):
-        raise InputError(
-            f"{rec_id}: {PARTICIPANT_NAME} holds no name; write the participant's name in it "
-            "or delete the file",
-            rec_id=rec_id,
-            file=PARTICIPANT_NAME,
-        )
+    if not name:  # an operator who typed nothing: the session has no participant, as with no file
+        return None
     return name
 
 
 def participant_id(name: str) -> str:
-    """Lowercase; every run of other characters becomes ``_``; trimmed; at most 128."""
+    """Lowercase; every run of other characters becomes ``_``; trimmed; at most 128.
+
+    A name with no ``a-z``/``0-9`` at all (``李小龍``, ``Ωμέγα``) keeps its typed form as the
+    display name and gets the id ``p_`` + the first 12 hex digits of the sha256 of its
+    NFC, case-folded form: the same name gives the same id on every rig. Only a blank
+    name gives ``""``.
+    """
     pid = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-    return pid[:128].rstrip("_")
+    pid = pid[:128].rstrip("_")
+    if pid or not name.strip():
+        return pid
+    folded = unicodedata.normalize("NFC", name.strip()).casefold()
+    return "p_" + hashlib.sha256(folded.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 def augment(

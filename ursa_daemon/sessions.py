@@ -42,7 +42,10 @@ class SessionDir:
 
 
 def has_manifest(rec_dir: Path) -> bool:
-    if (rec_dir / MANIFEST_NAME).is_file():
+    """A ``manifest.json`` (or node manifest) is there, whatever it is: one that is a
+    directory or a link is a bad session to report, not a session still being written.
+    A ``rec_*`` entry that is itself a link counts too (it is reported, never followed)."""
+    if os.path.lexists(rec_dir / MANIFEST_NAME) or rec_dir.is_symlink():
         return True
     nodes = rec_dir / NODE_MANIFEST_DIR
     return nodes.is_dir() and any(p.suffix == ".json" for p in nodes.iterdir())
@@ -51,7 +54,11 @@ def has_manifest(rec_dir: Path) -> bool:
 def tree_signature(rec_dir: Path) -> tuple[float, str]:
     """(newest mtime, digest of every entry's path, size and mtime). Links are not followed."""
     h = hashlib.sha256()
-    newest = os.lstat(rec_dir).st_mtime
+    st = os.lstat(rec_dir)
+    newest = st.st_mtime
+    if rec_dir.is_symlink():  # a linked session is reported, never walked
+        h.update(f"link\0{os.readlink(rec_dir)}\0{st.st_mtime_ns}".encode("utf-8", "surrogateescape"))
+        return newest, h.hexdigest()
     stack = [rec_dir]
     while stack:
         d = stack.pop()
@@ -72,7 +79,7 @@ def tree_signature(rec_dir: Path) -> tuple[float, str]:
 
 
 def scan_root(root: Path) -> Iterator[SessionDir]:
-    """Every ``rec_*`` directory directly under ``root``, sorted by name.
+    """Every ``rec_*`` directory (or link, to be reported) directly under ``root``, sorted by name.
 
     A ``root`` that is itself a ``rec_*`` session directory is that one session.
     """
@@ -88,7 +95,8 @@ def scan_root(root: Path) -> Iterator[SessionDir]:
     except FileNotFoundError:
         return
     for e in entries:
-        if e.is_dir(follow_symlinks=False) and REC_ID_RE.match(e.name):
+        # a rec_* link is yielded too: the daemon reports it (links are never followed)
+        if (e.is_dir(follow_symlinks=False) or e.is_symlink()) and REC_ID_RE.match(e.name):
             path = Path(e.path)
             try:
                 newest, sig = tree_signature(path)

@@ -148,11 +148,17 @@ class Runner:
                 if self.optimize_due.is_set() and not self.daemon.should_pause():
                     self.optimize_due.clear()
                     self.daemon.optimize_catalog()
-                rec_dir = self._next_session()
+                try:
+                    rec_dir = self._next_session()
+                except Exception as exc:  # a scan that fails (a root gone, a state write) stops nothing
+                    log.warning("daemon.scan_failed", error=f"{type(exc).__name__}: {exc}")
+                    log.debug("daemon.scan_failed", exc_info=exc)
+                    stop.wait(TICK_S)
+                    continue
                 if rec_dir is None:
                     stop.wait(TICK_S)
                     continue
-                outcome = self.daemon.process(rec_dir)
+                outcome = self.daemon.process(rec_dir)  # the session's error boundary: never raises
                 if outcome.status == "paused":  # ingest logged session.paused
                     self._wait_until_quiet()
         finally:

@@ -1,0 +1,130 @@
+"""The per-session error boundary (issue 12): whatever one session raises, that session alone ends
+``failed`` or ``rejected`` with a one-line reason in the state, and the others go on.
+
+The daemon runs in-process on the local profile with real SQLite and LanceDB; the only fakes
+are the injected faults (a bug in the ingest path, a catalog batch that breaks).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import local_config_dict
+from structlog.testing import capture_logs
+
+import ursa_daemon.daemon as daemon_mod
+from ursa_daemon.catalog import Catalog
+from ursa_daemon.config import config_from_dict
+from ursa_daemon.daemon import Daemon
+from ursa_daemon.state import SessionState
+
+
+def _session(root: Path, n: int, body: bytes, **manifest: Any) -> Path:
+    rec = root / f"rec_20260301_{n:06d}_abcd"
+    (rec / "eeg").mkdir(parents=True)
+    (rec / "eeg" / "a.bin").write_bytes(body)
+    (rec / "manifest.json").write_text(json.dumps({"recording_id": rec.name, "start_time": 1, **manifest}))
+    return rec
+
+
+@pytest.fixture
+def local_daemon(tmp_path: Path):  # type: ignore[no-untyped-def]
+    raw = local_config_dict(tmp_path)
+    raw["watch"] = {"settle_seconds": 0}
+    (tmp_path / "recordings").mkdir()
+    with Daemon(config_from_dict(raw, base_dir=tmp_path)) as d:
+        yield d, tmp_path / "recordings"
+
+
+def test_a_bug_in_one_session_fails_only_that_session(local_daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    daemon, root = local_daemon
+    recs = [_session(root, i, b"s%d" % i) for i in range(3)]
+    real = daemon_mod.ingest
+
+    def buggy(data: Any, rec_dir: Path, **kw: Any) -> Any:
+        if Path(rec_dir).name == recs[1].name:
+            raise KeyError("boom\nsecond line")  # not an UrsaError, not an OSError: a bug
+        return real(data, rec_dir, **kw)
+
+    monkeypatch.setattr(daemon_mod, "ingest", buggy)
+    with capture_logs() as logs:
+        summary = daemon.drain([root])
+    assert sorted(summary.registered) == [recs[0].name, recs[2].name]
+    assert [f["rec_id"] for f in summary.failed] == [recs[1].name]
+    rec = daemon.state.session(recs[1].name)
+    assert rec is not None and rec.state is SessionState.FAILED and rec.next_attempt_at
+    assert rec.last_error == "KeyError: 'boom\\nsecond line'" and "\n" not in rec.last_error
+    traced = [e for e in logs if e["event"] == "session.error" and e.get("rec_id") == recs[1].name]
+    assert traced and traced[0]["log_level"] == "debug" and traced[0].get("exc_info")
+
+
+def test_a_batch_that_breaks_registers_the_others_and_rejects_only_the_bad_one(
+    local_daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon, root = local_daemon
+    recs = [_session(root, i, b"b%d" % i) for i in range(4)]
+    bad = recs[2].name
+
+    def batch(self: Catalog, sessions: Any, **kw: Any) -> Any:
+        raise RuntimeError("arrow could not convert one row")
+
+    real_one = Catalog.register_session
+
+    def one(self: Catalog, *, recording: Any, **kw: Any) -> Any:
+        if recording.rec_id == bad:
+            raise ValueError("cannot convert this session's row")
+        return real_one(self, recording=recording, **kw)
+
+    monkeypatch.setattr(Catalog, "register_sessions", batch)
+    monkeypatch.setattr(Catalog, "register_session", one)
+    summary = daemon.drain([root])
+    assert sorted(summary.registered) == sorted(r.name for r in recs if r.name != bad)
+    assert [r["rec_id"] for r in summary.rejected] == [bad]
+    assert "cannot convert" in summary.rejected[0]["error"]
+    assert daemon.state.session(bad).state is SessionState.REJECTED  # type: ignore[union-attr]
+
+
+def test_refused_before_any_state_row_still_has_one(local_daemon) -> None:
+    daemon, root = local_daemon
+    rec = _session(root, 1, b"x")
+    (rec / "manifest.json").unlink()
+    (rec / "manifest.json").mkdir()
+    assert daemon.state.session(rec.name) is None
+    summary = daemon.drain([root])
+    assert [r["rec_id"] for r in summary.rejected] == [rec.name]
+    row = daemon.state.session(rec.name)
+    assert row is not None and row.state is SessionState.REJECTED and "not a regular file" in (row.last_error or "")
+
+
+def test_two_sessions_with_identical_bytes(local_daemon) -> None:
+    """The copy is refused with a reason that says what happened, and none of its bytes stay behind."""
+    daemon, root = local_daemon
+    first = _session(root, 1, b"same bytes")
+    assert daemon.drain([root]).registered == [first.name]
+    copy = _session(root, 2, b"same bytes")
+    summary = daemon.drain([root])
+    assert [r["rec_id"] for r in summary.rejected] == [copy.name]
+    assert f"byte-identical to those of {first.name}" in summary.rejected[0]["error"]
+    raw = daemon.data.store("raw_rw")
+    assert not list(raw.list(f"recordings/{copy.name}/"))
+    # both in one drain batch: the same reason, and the copy's uploaded bytes are removed
+    twin_a, twin_b = _session(root, 3, b"twins"), _session(root, 4, b"twins")
+    summary = daemon.drain([root])
+    assert summary.registered == [twin_a.name]
+    assert [r["rec_id"] for r in summary.rejected] == [copy.name, twin_b.name]
+    assert f"byte-identical to those of {twin_a.name}" in summary.rejected[1]["error"]
+    assert not list(raw.list(f"recordings/{twin_b.name}/"))
+
+
+def test_rec_entry_that_is_a_symlink_is_reported(local_daemon, tmp_path: Path) -> None:
+    daemon, root = local_daemon
+    elsewhere = _session(tmp_path / "elsewhere", 9, b"linked")
+    link = root / "rec_20260301_000099_abcd"
+    link.symlink_to(elsewhere, target_is_directory=True)
+    summary = daemon.drain([root])
+    assert [r["rec_id"] for r in summary.rejected] == [link.name]
+    assert "symbolic link" in summary.rejected[0]["error"]
+    assert not list(daemon.data.store("raw_rw").list(""))
