@@ -128,3 +128,17 @@ def test_rec_entry_that_is_a_symlink_is_reported(local_daemon, tmp_path: Path) -
     assert [r["rec_id"] for r in summary.rejected] == [link.name]
     assert "symbolic link" in summary.rejected[0]["error"]
     assert not list(daemon.data.store("raw_rw").list(""))
+
+
+def test_non_latin_and_blank_participants_register(local_daemon) -> None:
+    daemon, root = local_daemon
+    named, blank = _session(root, 1, b"p1"), _session(root, 2, b"p2")
+    (named / "participant.txt").write_text("李小龍\n", encoding="utf-8")
+    (blank / "participant.txt").write_bytes(b"")
+    assert sorted(daemon.drain([root]).registered) == [named.name, blank.name]
+    found = daemon.data.query(participants=["李小龍"])
+    assert [r.rec_id for r in found] == [named.name] and found[0].participant_ids[0].startswith("p_")
+    pid = found[0].participant_ids[0]
+    participant = daemon.data._write_catalog().get_participant(pid)
+    assert participant is not None and participant.display_name == "李小龍"
+    assert daemon.data.query(rec_id=blank.name)[0].participant_ids == []
