@@ -38,6 +38,9 @@ from ursa.store import ObjectStoreError, ObjectStoreTransientError
 from ursa_daemon.api import QueryResult
 from ursa_daemon.download import DownloadProgress
 from ursa_daemon.ingest import IngestResult, UploadProgress
+from ursa_daemon.log import library_logging
+
+library_logging()  # ursa_daemon's events go to stdlib loggers (ursa.ingest, ...), quiet unless configured
 
 __all__ = [
     "BenchmarkResultRow",

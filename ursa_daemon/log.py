@@ -24,7 +24,7 @@ from collections.abc import MutableMapping
 from types import ModuleType
 from typing import Any, TextIO
 
-__all__ = ["byte_progress", "get_logger", "register_secret", "scrub", "setup_logging"]
+__all__ = ["byte_progress", "get_logger", "library_logging", "register_secret", "scrub", "setup_logging"]
 
 _SECRETS: set[str] = set()
 _SECRETS_LOCK = threading.Lock()
@@ -188,6 +188,27 @@ class _LazyLogger:
 
     def __repr__(self) -> str:
         return f"<lazy logger {self._name!r}>"
+
+
+def library_logging() -> None:
+    """For library use (``import ursa``): unless structlog is configured already, send its
+    events to the stdlib logger of the same name (``ursa.ingest``, ...) with their keys as
+    ``extra``, so they show only where the application configured logging. A later
+    :func:`setup_logging` (the CLI) takes over."""
+    structlog = _structlog()
+    if structlog.is_configured():
+        return
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.contextvars.merge_contextvars,
+            _redact,
+            structlog.stdlib.render_to_log_kwargs,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
 
 
 def byte_progress(console: Any, *, transient: bool = False) -> Any:
