@@ -276,6 +276,7 @@ class DataInterface:
         progress: Callable[[UploadProgress], None] | None = None,
         overwrite: bool = False,
         is_active: Callable[[], bool] | None = None,
+        max_concurrent_files: int | None = None,
     ) -> IngestResult:
         """Upload the session in ``source_dir`` and register its rows (runbook Path A).
 
@@ -286,6 +287,7 @@ class DataInterface:
         returning true pauses: ``IngestResult(paused=True, recording=None)``,
         nothing registered. One half of a dual-node session is registered as it
         is; the other half adds its modality rows when it is ingested.
+        ``max_concurrent_files`` defaults to the config's ``upload.max_concurrent_files``.
         """
         src = Path(source_dir)
         manifest = Path(manifest_path)
@@ -315,7 +317,13 @@ class DataInterface:
             ) from None
         try:
             res = _ingest(
-                self._core, s, participant=participant, is_active=is_active, progress=progress, overwrite=overwrite
+                self._core,
+                s,
+                participant=participant,
+                is_active=is_active,
+                progress=progress,
+                overwrite=overwrite,
+                max_concurrent_files=max_concurrent_files,
             )
         except NodesPending as exc:  # one half of a dual-node session: register what is there
             done = register_from_store(

@@ -1,0 +1,1 @@
+"""``ursa.register``: the write side of the seeds' API (see :mod:`ursa.register.orchestrator`)."""
