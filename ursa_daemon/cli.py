@@ -320,20 +320,35 @@ def run(obj: Context) -> None:
     from ursa_daemon.daemon import Daemon
 
     with Daemon(obj.config, offline_ok=True) as daemon:
-        daemon.run()
+        daemon.run(shed=True)
 
 
 @cli.command()
 @click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--shard",
+    metavar="K/N",
+    default=None,
+    help="Only the sessions whose rec_id hashes to shard K of N (1 <= K <= N): N machines, one share.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON summary on stdout.")
 @click.pass_obj
 @_errors_to_exit
-def drain(obj: Context, roots: tuple[Path, ...], as_json: bool) -> None:
+def drain(obj: Context, roots: tuple[Path, ...], shard: str | None, as_json: bool) -> None:
     """Process every complete session under ROOT (default: the configured root), then exit.
 
-    A ROOT that is itself a rec_* session directory is that one session.
+    A ROOT that is itself a rec_* session directory is that one session. With
+    --shard K/N, N machines (each its own state_dir) split the sessions by a stable
+    hash of rec_id, with no overlap; overlapping drains are safe too (a session
+    already in the store and catalog is skipped), they only cost bandwidth.
     """
     _logs_to_stderr(as_json)
+    from ursa_daemon.sessions import in_shard, parse_shard
+
+    try:
+        shard_kn = None if shard is None else parse_shard(shard)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--shard") from None
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -346,7 +361,7 @@ def drain(obj: Context, roots: tuple[Path, ...], as_json: bool) -> None:
     console = Console(stderr=True)
     with Daemon(config) as daemon:
         install_stop_handlers(daemon.stopping)
-        total = sum(1 for root in targets for _ in scan_root(root))
+        total = sum(1 for root in targets for sd in scan_root(root) if in_shard(sd.rec_id, shard_kn))
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -365,7 +380,7 @@ def drain(obj: Context, roots: tuple[Path, ...], as_json: bool) -> None:
 
             daemon.progress = on_progress
             summary = daemon.drain(
-                targets, on_session=on_session, on_outcome=lambda _o: bar.advance(sessions)
+                targets, on_session=on_session, on_outcome=lambda _o: bar.advance(sessions), shard=shard_kn
             )
     if as_json:
         _emit_json(summary.as_json())

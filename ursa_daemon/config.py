@@ -171,6 +171,9 @@ class WatchConfig(_Frozen):
     #: a failed session is retried after base * 2**(attempts-1) seconds (±25 % jitter), at most max
     retry_base_seconds: float = Field(default=30.0, gt=0)
     retry_max_seconds: float = Field(default=3600.0, gt=0)
+    #: ``run`` re-executes itself after this long with nothing to do, once a session brought in
+    #: the catalog stack (lancedb, pyarrow: ~100 MiB), so an idle rig daemon stays small; 0: never
+    shed_after_idle_seconds: float = Field(default=60.0, ge=0)
 
 
 class UploadConfig(_Frozen):

@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,12 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from datetime import time as dtime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ursa_daemon.activity import Activity, lower_own_priority, recorder_writing
-from ursa_daemon.api import DataInterface
-from ursa_daemon.catalog import RecordingRow, SessionRows
-from ursa_daemon.config import Config
+from ursa_daemon.config import Config, Role
 from ursa_daemon.errors import (
     CatalogError,
     CatalogRowExists,
@@ -35,14 +34,18 @@ from ursa_daemon.errors import (
     StorePermissionError,
     UrsaError,
 )
-from ursa_daemon.ingest import UploadProgress, duplicate_error, ingest, register_many
 from ursa_daemon.log import get_logger
 from ursa_daemon.manifest import hash_files, load_session
 from ursa_daemon.metrics import METRICS
 from ursa_daemon.metrics import serve as serve_metrics
-from ursa_daemon.sessions import SessionDir, scan_root, tree_signature
+from ursa_daemon.sessions import SessionDir, in_shard, scan_root, tree_signature
 from ursa_daemon.state import SessionState, StateDB, StateLock
 from ursa_daemon.uploader import RateLimiter
+
+if TYPE_CHECKING:  # imported when a session is worked on, so an idle `run` holds no catalog stack
+    from ursa_daemon.api import DataInterface
+    from ursa_daemon.catalog import RecordingRow, SessionRows
+    from ursa_daemon.ingest import UploadProgress
 
 __all__ = [
     "Daemon",
@@ -147,15 +150,22 @@ class Daemon:
 
     def __init__(self, config: Config, *, activity: Activity | None = None, offline_ok: bool = False) -> None:
         """``offline_ok`` (``run``): an unreachable store at start is not fatal; sessions fail and
-        retry until it is back. ``drain`` wants to hear at once that there is no network."""
+        retry until it is back. ``drain`` wants to hear at once that there is no network.
+
+        ``run`` opens no catalog at start (the catalog stack, lancedb and pyarrow, is imported
+        with the first session to work on): it only checks that the stores answer.
+        """
         self.config = config
         self.lock = StateLock(config.state_dir)  # StateLocked → exit 3
+        self._data: DataInterface | None = None
+        self._writes_ready = False
         try:
             self.state = StateDB(config.state_dir, rebuild=True)
-            self.data = DataInterface(config=config)
-            self._writes_ready = False
             try:
-                self._enable_writes()
+                if offline_ok:
+                    self._probe_stores()
+                else:
+                    self._enable_writes()
             except (StoreError, CatalogError) as exc:
                 if not offline_ok or isinstance(exc, StorePermissionError):
                     raise
@@ -170,6 +180,27 @@ class Daemon:
         self.activity = activity
         self.progress: Callable[[str, UploadProgress], None] | None = None
         self._since_optimize = 0
+
+    @property
+    def data(self) -> DataInterface:
+        """The write handles (stores, catalog); built on first use."""
+        if self._data is None:
+            from ursa_daemon.api import DataInterface
+
+            self._data = DataInterface(config=self.config)
+        return self._data
+
+    def _probe_stores(self) -> None:
+        """Do both buckets answer with the write credentials? (No catalog: a HEAD of the pointer.)"""
+        from contextlib import suppress
+
+        from ursa_daemon.errors import ObjectNotFound
+        from ursa_daemon.store import get_store
+
+        profile = self.config.active_profile
+        for role, key in ((Role.ASSETS_RW, "ursa/ACTIVE.json"), (Role.RAW_RW, "recordings/ursa-daemon-probe")):
+            with suppress(ObjectNotFound):
+                get_store(profile, role).head(key)
 
     def _enable_writes(self) -> None:
         if not self._writes_ready:
@@ -264,6 +295,8 @@ class Daemon:
         return self._ingest(rec_dir, started, defer_register)
 
     def _ingest(self, rec_dir: Path, started: float, defer_register: bool = False) -> Outcome:
+        from ursa_daemon.ingest import ingest
+
         rec_id = rec_dir.name
         self._enable_writes()
         session = load_session(rec_dir)
@@ -326,6 +359,8 @@ class Daemon:
     def register_pending(self, waiting: list[Outcome]) -> list[Outcome]:
         """Register sessions left ``registering`` by ``process(defer_register=True)``,
         one commit per table for the whole batch; one bad session stops nothing."""
+        from ursa_daemon.ingest import register_many
+
         batch = [o for o in waiting if o.pending is not None]
         if not batch:
             return []
@@ -362,6 +397,8 @@ class Daemon:
                 other = None
             if other is not None and other.rec_id != o.rec_id:
                 self._discard_unregistered(o.rec_id)
+                from ursa_daemon.ingest import duplicate_error
+
                 return str(duplicate_error(o.rec_id, other.rec_id, rh))
         text = str(exc)
         return text if text.startswith(o.rec_id) else f"{o.rec_id}: {text}"
@@ -458,13 +495,16 @@ class Daemon:
         *,
         on_session: Callable[[SessionDir], None] | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> DrainSummary:
         """Every session with a manifest under ``roots``, to the end; one failure stops nothing.
 
+        ``shard=(K, N)``: only the sessions whose ``rec_id`` hashes to shard K of N
+        (:func:`ursa_daemon.sessions.in_shard`), so N machines can drain one share at once.
         Serves ``/metrics`` meanwhile when ``metrics.enabled`` (see ``ursa_daemon.metrics``).
         """
         with serve_metrics(self.config, self.state):
-            return self._drain(roots, on_session=on_session, on_outcome=on_outcome)
+            return self._drain(roots, on_session=on_session, on_outcome=on_outcome, shard=shard)
 
     def _drain(
         self,
@@ -472,6 +512,7 @@ class Daemon:
         *,
         on_session: Callable[[SessionDir], None] | None,
         on_outcome: Callable[[Outcome], None] | None,
+        shard: tuple[int, int] | None = None,
     ) -> DrainSummary:
         started = time.monotonic()
         summary = DrainSummary()
@@ -485,7 +526,7 @@ class Daemon:
 
         registrar = _Registrar(self, report)
         try:
-            self._drain_roots(roots, registrar, report, on_session)
+            self._drain_roots(roots, registrar, report, on_session, shard)
         finally:
             registrar.close()  # every session whose bytes are in gets registered, even on SIGTERM
         self.optimize_catalog()
@@ -498,11 +539,14 @@ class Daemon:
         registrar: _Registrar,
         report: Callable[[Outcome], None],
         on_session: Callable[[SessionDir], None] | None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         for root in roots:
             for sd in scan_root(root):
                 if self.stopping.is_set():
                     break
+                if not in_shard(sd.rec_id, shard):
+                    continue
                 if not sd.has_manifest:
                     if sd.settled(self.config.watch.settle_seconds):
                         o = self._reject(
@@ -525,12 +569,35 @@ class Daemon:
 
     # -- run --------------------------------------------------------------
 
-    def run(self) -> None:
-        """Watch, pause and resume, upload, register, until SIGTERM/SIGINT."""
+    def run(self, *, shed: bool = False) -> None:
+        """Watch, pause and resume, upload, register, until SIGTERM/SIGINT.
+
+        ``shed`` (the ``run`` command only: it replaces the process image): once a session
+        brought in the catalog stack (lancedb, pyarrow; ~100 MiB that Python cannot unload)
+        and nothing was to do for ``watch.shed_after_idle_seconds``, the process re-executes
+        itself with the same arguments, keeping its pid (systemd sees nothing), its state lock
+        and its stdout: the new image starts small and rescans the root as at any start.
+        """
         from ursa_daemon.watch import Runner
 
         lower_own_priority()
-        Runner(self).run()
+        runner = Runner(self)
+        runner.run(shed=shed)
+        if runner.shed_requested and not self.stopping.is_set():
+            self._reexec()
+
+    def _reexec(self) -> None:
+        """Replace this process image by a fresh ``run`` (see :meth:`run`). Does not return."""
+        import psutil
+
+        env = dict(os.environ, **self.lock.hand_over())
+        log.info("daemon.shed", rss_mib=round(psutil.Process().memory_info().rss / 2**20, 1))
+        self.state.close()
+        # SIGTERM/SIGINT wait, blocked, until the new image has its handlers (the mask survives exec)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os.execve(sys.executable, sys.orig_argv, env)
 
 
 class _Registrar:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ursa_daemon.manifest import MANIFEST_NAME, NODE_MANIFEST_DIR, REC_ID_RE
 
-__all__ = ["SessionDir", "has_manifest", "scan_root", "session_of", "tree_signature"]
+__all__ = ["SessionDir", "has_manifest", "in_shard", "parse_shard", "scan_root", "session_of", "tree_signature"]
 
 
 @dataclass(frozen=True)
@@ -114,3 +114,20 @@ def session_of(root: Path, path: str | os.PathLike[str]) -> Path | None:
     if not rel.parts or not REC_ID_RE.match(rel.parts[0]):
         return None
     return root / rel.parts[0]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` (1 <= K <= N) as ``(K, N)``; ``ValueError`` naming the input otherwise."""
+    k, sep, n = text.partition("/")
+    if not sep or not k.isdigit() or not n.isdigit() or not 1 <= int(k) <= int(n):
+        raise ValueError(f"shard {text!r} must be K/N with 1 <= K <= N, e.g. 2/4")
+    return int(k), int(n)
+
+
+def in_shard(rec_id: str, shard: tuple[int, int] | None) -> bool:
+    """Is ``rec_id`` in shard K of N? By a stable hash of the name (the first 8 bytes of its
+    sha256), so every machine, Python version and run splits a share the same way."""
+    if shard is None:
+        return True
+    k, n = shard
+    return int.from_bytes(hashlib.sha256(rec_id.encode("utf-8", "surrogateescape")).digest()[:8], "big") % n == k - 1

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 import threading
 import time
 from datetime import datetime, timedelta
@@ -65,6 +67,8 @@ OPTIMIZE_S = 600.0
 #: how often, and how soon after start, stale multipart uploads are aborted
 SWEEP_S = 3600.0
 SWEEP_FIRST_S = 60.0
+#: what ``run`` sheds by re-executing itself when idle (imported by the first session worked on)
+HEAVY_MODULES = ("lancedb", "pyarrow")
 #: a multipart upload with no part confirmed for this long is given up (R2 drops them after 7 days)
 STALE_UPLOAD_S = 6 * 86400.0
 
@@ -97,6 +101,9 @@ class Runner:
         self.rescan_due.set()
         self.optimize_due = threading.Event()
         self.active_reported = False
+        #: set by :meth:`run` when it returned to be re-executed (see ``shed``)
+        self.shed_requested = False
+        self._worked_at: float | None = None
 
     # -- events -----------------------------------------------------------
 
@@ -114,12 +121,17 @@ class Runner:
 
     # -- loop -------------------------------------------------------------
 
-    def run(self) -> None:
+    def run(self, *, shed: bool = False) -> None:
+        """Until SIGTERM/SIGINT. With ``shed`` (the ``run`` command), also return with
+        :attr:`shed_requested` set once nothing was to do for ``watch.shed_after_idle_seconds``
+        after a session brought the catalog stack in: the caller re-executes the process."""
         from ursa_daemon.daemon import install_stop_handlers, sd_notify
         from ursa_daemon.metrics import serve as serve_metrics
 
         stop = self.daemon.stopping
         install_stop_handlers(stop)
+        # a re-executed image starts with them blocked, so none is lost in between: now they stop us
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         self.root.mkdir(parents=True, exist_ok=True)
         observer = Observer()
         observer.schedule(_Events(self), str(self.root), recursive=True)
@@ -156,9 +168,13 @@ class Runner:
                     stop.wait(TICK_S)
                     continue
                 if rec_dir is None:
+                    if shed and self._shed_due():
+                        self.shed_requested = True
+                        break
                     stop.wait(TICK_S)
                     continue
                 outcome = self.daemon.process(rec_dir)  # the session's error boundary: never raises
+                self._worked_at = time.monotonic()
                 if outcome.status == "paused":  # ingest logged session.paused
                     self._wait_until_quiet()
         finally:
@@ -168,6 +184,17 @@ class Runner:
             observer.stop()
             observer.join(timeout=2)
             log.info("daemon.stopped")
+
+    def _shed_due(self) -> bool:
+        """Idle long enough after work that brought in the catalog stack, nothing queued or settling."""
+        after = self.config.watch.shed_after_idle_seconds
+        if after <= 0 or self._worked_at is None or time.monotonic() - self._worked_at < after:
+            return False
+        if not any(m in sys.modules for m in HEAVY_MODULES):
+            return False
+        with self.lock:
+            queued = bool(self.last_change)
+        return not queued and not self.optimize_due.is_set() and not self.daemon.should_pause()
 
     def _heartbeat(self) -> None:
         from ursa_daemon.daemon import sd_notify
