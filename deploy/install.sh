@@ -9,6 +9,8 @@
 # What it puts in place (paths under --root DIR when given):
 #   PREFIX/venv/                             a virtual environment holding ursa-daemon (PREFIX=/opt/ursa-daemon)
 #   /etc/systemd/system/ursa-daemon.service  the unit (systemd/ursa-daemon.service, PREFIX substituted)
+#   /etc/systemd/system/ursa-daemon-maintain.{service,timer}  catalog maintenance; the timer
+#                                            is enabled only with --maintenance (one machine per lab)
 #   /etc/ursa-daemon/config.yaml             from deploy/config.template.yaml, only when absent
 #   /etc/ursa-daemon/credentials.env         an empty-keys template (mode 0600), only when absent
 #   /etc/sysusers.d/ursa-daemon.conf         the system user ursa-daemon, also created now
@@ -28,7 +30,7 @@ set -euo pipefail
 usage() {
   cat <<'USAGE'
 usage: install.sh [--root DIR] [--prefix DIR] [--python PATH] [--from PATH]
-                  [--venv-args ARGS] [--pip-args ARGS] [--no-enable]
+                  [--venv-args ARGS] [--pip-args ARGS] [--no-enable] [--maintenance]
        install.sh --uninstall [--purge] [--root DIR] [--prefix DIR]
 
   --root DIR        stage everything under DIR instead of / (no useradd, chown or systemctl)
@@ -38,6 +40,8 @@ usage: install.sh [--root DIR] [--prefix DIR] [--python PATH] [--from PATH]
   --venv-args ARGS  extra arguments for `python -m venv` (split on spaces), e.g. --system-site-packages
   --pip-args ARGS   extra arguments for `pip install` (split on spaces), e.g. "--no-deps --no-index"
   --no-enable       do not `systemctl enable` the unit
+  --maintenance     also enable ursa-daemon-maintain.timer (hourly catalog maintenance):
+                    on ONE machine of the lab only; the daemons never compact the catalog
   --uninstall       stop and disable the service, remove the unit and the venv
   --purge           with --uninstall: also remove /etc/ursa-daemon, /var/lib/ursa-daemon and the user
 USAGE
@@ -45,6 +49,8 @@ USAGE
 
 SERVICE=ursa-daemon
 UNIT_NAME=ursa-daemon.service
+MAINT_SERVICE=ursa-daemon-maintain.service
+MAINT_TIMER=ursa-daemon-maintain.timer
 DEFAULT_PREFIX=/opt/ursa-daemon
 SRC_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -55,6 +61,7 @@ FROM="$SRC_DIR"
 VENV_ARGS=""
 PIP_ARGS=""
 ENABLE=1
+MAINTENANCE=0
 UNINSTALL=0
 PURGE=0
 BUILD_TMP=""
@@ -73,6 +80,7 @@ while [ "$#" -gt 0 ]; do
     --venv-args) need_value "$@"; VENV_ARGS="$2"; shift 2 ;;
     --pip-args) need_value "$@"; PIP_ARGS="$2"; shift 2 ;;
     --no-enable) ENABLE=0; shift ;;
+    --maintenance) MAINTENANCE=1; shift ;;
     --uninstall) UNINSTALL=1; shift ;;
     --purge) PURGE=1; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -97,7 +105,8 @@ STAGED=0
 [ -z "$ROOT" ] || STAGED=1
 
 VENV="$R$PREFIX/venv"
-UNIT_DST="$R/etc/systemd/system/$UNIT_NAME"
+UNIT_DIR="$R/etc/systemd/system"
+UNIT_DST="$UNIT_DIR/$UNIT_NAME"
 CONF_DIR="$R/etc/ursa-daemon"
 CONF="$CONF_DIR/config.yaml"
 ENV_FILE="$CONF_DIR/credentials.env"
@@ -113,14 +122,17 @@ skip() { say "skip: $* (--root)"; }
 
 uninstall() {
   if have_systemd; then
-    systemctl disable --now "$UNIT_NAME" >/dev/null 2>&1 || true
+    systemctl disable --now "$UNIT_NAME" "$MAINT_TIMER" >/dev/null 2>&1 || true
   elif [ "$STAGED" -eq 1 ]; then
-    skip "systemctl disable --now $UNIT_NAME"
+    skip "systemctl disable --now $UNIT_NAME $MAINT_TIMER"
   fi
-  if [ -e "$UNIT_DST" ]; then
-    rm -f "$UNIT_DST"
-    say "removed $UNIT_DST"
-  fi
+  local unit
+  for unit in "$UNIT_NAME" "$MAINT_SERVICE" "$MAINT_TIMER"; do
+    if [ -e "$UNIT_DIR/$unit" ]; then
+      rm -f "$UNIT_DIR/$unit"
+      say "removed $UNIT_DIR/$unit"
+    fi
+  done
   if [ -d "$VENV" ]; then
     rm -rf "$VENV"
     say "removed $VENV"
@@ -208,13 +220,15 @@ install_package() {
 }
 
 install_unit() {
-  local tmp
-  install -d -m 0755 "$(dirname "$UNIT_DST")"
-  tmp="$UNIT_DST.tmp"
-  sed "s#$DEFAULT_PREFIX#$PREFIX#g" "$SRC_DIR/systemd/$UNIT_NAME" >"$tmp"
-  chmod 0644 "$tmp"
-  mv -f "$tmp" "$UNIT_DST"
-  say "installed $UNIT_DST"
+  local tmp unit
+  install -d -m 0755 "$UNIT_DIR"
+  for unit in "$UNIT_NAME" "$MAINT_SERVICE" "$MAINT_TIMER"; do
+    tmp="$UNIT_DIR/$unit.tmp"
+    sed "s#$DEFAULT_PREFIX#$PREFIX#g" "$SRC_DIR/systemd/$unit" >"$tmp"
+    chmod 0644 "$tmp"
+    mv -f "$tmp" "$UNIT_DIR/$unit"
+    say "installed $UNIT_DIR/$unit"
+  done
 }
 
 install_config() {
@@ -257,6 +271,7 @@ ENV
 activate() {
   if [ "$STAGED" -eq 1 ]; then
     skip "systemctl daemon-reload; systemctl enable $UNIT_NAME"
+    [ "$MAINTENANCE" -eq 0 ] || skip "systemctl enable --now $MAINT_TIMER"
     return
   fi
   if ! have_systemd; then
@@ -266,6 +281,10 @@ activate() {
   systemctl daemon-reload
   if [ "$ENABLE" -eq 1 ]; then
     systemctl enable "$UNIT_NAME" >/dev/null
+  fi
+  if [ "$MAINTENANCE" -eq 1 ]; then
+    systemctl enable --now "$MAINT_TIMER" >/dev/null
+    say "enabled $MAINT_TIMER: this machine maintains the catalog (keep it the only one)"
   fi
   # An upgrade: a running daemon picks up the new code (it resumes where it stopped).
   systemctl try-restart "$UNIT_NAME"

@@ -32,6 +32,8 @@ from conftest import MOTO_KEY_ID, MOTO_SECRET, _free_port, local_config_dict, s3
 REPO = Path(__file__).resolve().parents[1]
 INSTALL = REPO / "deploy" / "install.sh"
 UNIT = REPO / "systemd" / "ursa-daemon.service"
+MAINT_SERVICE = REPO / "systemd" / "ursa-daemon-maintain.service"
+MAINT_TIMER = REPO / "systemd" / "ursa-daemon-maintain.timer"
 PREFIX = "/opt/ursa-daemon"
 
 
@@ -117,6 +119,9 @@ def test_install_root_tree_idempotent_and_uninstall(staged) -> None:  # type: ig
     assert unit.is_file() and conf.is_file() and env_file.is_file()
     assert (root / "var/lib/ursa-daemon").is_dir()
     assert unit.read_text() == UNIT.read_text()  # the default prefix: nothing substituted
+    maint = [root / "etc/systemd/system" / f.name for f in (MAINT_SERVICE, MAINT_TIMER)]
+    assert [m.read_text() for m in maint] == [MAINT_SERVICE.read_text(), MAINT_TIMER.read_text()]
+    assert "skip: systemctl enable --now ursa-daemon-maintain.timer" not in first.stdout  # only with --maintenance
     assert (root / "etc/sysusers.d/ursa-daemon.conf").read_text().startswith("u ursa-daemon ")
     assert env_file.stat().st_mode & 0o077 == 0, oct(env_file.stat().st_mode)
     assert conf.stat().st_mode & 0o007 == 0
@@ -155,7 +160,8 @@ def test_install_root_tree_idempotent_and_uninstall(staged) -> None:  # type: ig
     # a second install keeps an edited config and credentials
     conf.write_text(conf.read_text() + "# edited by the operator\n")
     env_file.write_text("URSA_RAW_RW_KEY_ID=x\n")
-    second = run_install(root, wheel)
+    second = run_install(root, wheel, "--maintenance")
+    assert "skip: systemctl enable --now ursa-daemon-maintain.timer" in second.stdout
     assert conf.read_text().endswith("# edited by the operator\n")
     assert env_file.read_text() == "URSA_RAW_RW_KEY_ID=x\n"
     assert "kept" in second.stdout
@@ -165,6 +171,7 @@ def test_install_root_tree_idempotent_and_uninstall(staged) -> None:  # type: ig
     gone = subprocess.run(["bash", str(INSTALL), "--root", str(root), "--uninstall"], capture_output=True, text=True)
     assert gone.returncode == 0, gone.stderr
     assert not unit.exists() and not venv.exists() and not (root / PREFIX.lstrip("/")).exists()
+    assert not any(m.exists() for m in maint)
     assert conf.is_file() and env_file.is_file()
     purge = subprocess.run(
         ["bash", str(INSTALL), "--root", str(root), "--uninstall", "--purge"], capture_output=True, text=True
@@ -181,6 +188,8 @@ def test_install_custom_prefix_rewrites_the_unit(tmp_path: Path) -> None:
     unit = (root / "etc/systemd/system/ursa-daemon.service").read_text()
     assert "ExecStart=/srv/ursa/venv/bin/ursa-daemon --config /etc/ursa-daemon/config.yaml run" in unit
     assert "/opt/ursa-daemon" not in unit
+    maint = (root / "etc/systemd/system/ursa-daemon-maintain.service").read_text()
+    assert "ExecStart=/srv/ursa/venv/bin/ursa-daemon --config /etc/ursa-daemon/config.yaml maintain" in maint
     assert (root / "srv/ursa/venv/bin/ursa-daemon").is_file()
 
 
@@ -222,6 +231,29 @@ def test_unit_directives() -> None:
     assert lines["User"] == "ursa-daemon"
 
 
+def _directives(path: Path) -> dict[str, str]:
+    return {
+        ln.split("=", 1)[0]: ln.split("=", 1)[1]
+        for ln in path.read_text().splitlines()
+        if "=" in ln and not ln.startswith("#")
+    }
+
+
+def test_maintain_units() -> None:
+    service, timer = _directives(MAINT_SERVICE), _directives(MAINT_TIMER)
+    assert service["Type"] == "oneshot"
+    assert service["ExecStart"] == f"{PREFIX}/venv/bin/ursa-daemon --config /etc/ursa-daemon/config.yaml maintain"
+    assert service["SuccessExitStatus"] == "3"  # the lease is held elsewhere: not a failure
+    assert service["User"] == "ursa-daemon" and service["IOSchedulingClass"] == "idle"
+    assert service["ProtectSystem"] == "strict" and service["NoNewPrivileges"] == "yes"
+    # the run must end well inside the lease that keeps a second run out
+    from ursa_daemon.maintain import DEFAULT_LEASE
+
+    assert int(service["TimeoutStartSec"].rstrip("min")) * 60 < DEFAULT_LEASE.total_seconds()
+    assert timer["Unit"] == "ursa-daemon-maintain.service" and timer["OnCalendar"] == "hourly"
+    assert timer["WantedBy"] == "timers.target"
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_systemd_analyze_verify(staged) -> None:  # type: ignore[no-untyped-def]
     root, _, _ = staged
@@ -240,6 +272,16 @@ def test_systemd_analyze_verify(staged) -> None:  # type: ignore[no-untyped-def]
     assert proc.returncode == 0, out
     # unknown keys and bad values are only warnings: there must be none about this unit
     assert str(unit) not in out and "ursa-daemon.service" not in out, out
+    for name in (MAINT_SERVICE.name, MAINT_TIMER.name):
+        staged_text = (root / "etc/systemd/system" / name).read_text()
+        (check_dir / name).write_text(staged_text.replace(f"{PREFIX}/venv/bin/ursa-daemon", str(binary)))
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(check_dir / MAINT_SERVICE.name), str(check_dir / MAINT_TIMER.name)],
+        capture_output=True, text=True, timeout=60,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "ursa-daemon-maintain" not in out, out
 
 
 # -- check-config ------------------------------------------------------------

@@ -1012,16 +1012,26 @@ class Catalog:
         """See every commit made so far, by any process."""
         self._checkout_latest(list(self._tables.values()))
 
-    def optimize(self) -> None:
-        """Compact small fragments and bring every index up to date with new rows.
+    def optimize(self, *, keep_versions: timedelta | None = None) -> None:
+        """Compact small fragments, bring every index up to date with new rows, and remove
+        the table versions superseded more than ``keep_versions`` ago (None: Lance's 7 days).
 
         Queries are correct without it (unindexed rows are scanned); it keeps them fast.
+        Run it from one place at a time (``ursa-daemon maintain`` holds a lease for that);
+        a commit that loses to a concurrent writer's is retried against the new version.
         """
 
         async def optimize(table: AsyncTable, spec: _TableSpec) -> None:
-            await _checkout_latest(table)
-            await table.optimize()
-            await _ensure_indexes(table, spec)
+            for attempt in range(_CREATE_ATTEMPTS):
+                try:
+                    await _checkout_latest(table)
+                    await table.optimize(cleanup_older_than=keep_versions)
+                    await _ensure_indexes(table, spec)
+                    return
+                except _LANCE_ERRORS as exc:
+                    if attempt + 1 == _CREATE_ATTEMPTS or not _is_commit_conflict(exc):
+                        raise
+                    await asyncio.sleep(0.05 * (attempt + 1))
 
         for spec in _SPECS.values():
             table = self._writable_table(spec)

@@ -61,9 +61,6 @@ log = get_logger("ursa.daemon")
 
 #: SIGTERM must stop the daemon within this budget (systemd TimeoutStopSec is longer)
 DEFAULT_STOP_BUDGET_S = 4.0
-#: compact the catalog and refresh its indexes after this many registrations
-#: (rows in unindexed fragments are scanned: lookups degrade from ~7 ms to ~120 ms after 200)
-DEFAULT_OPTIMIZE_EVERY = 50
 #: ``drain`` registers the sessions that wait together, one commit per table for up to this many
 DEFAULT_REGISTER_BATCH = 32
 #: ... gathered for at most this long after the first of them finished uploading
@@ -179,7 +176,6 @@ class Daemon:
         self.stopping = threading.Event()
         self.activity = activity
         self.progress: Callable[[str, UploadProgress], None] | None = None
-        self._since_optimize = 0
 
     @property
     def data(self) -> DataInterface:
@@ -344,9 +340,6 @@ class Daemon:
     def _registered(self, outcome: Outcome, recording: RecordingRow) -> Outcome:
         rec_id = outcome.rec_id
         self.state.set_state(rec_id, SessionState.REGISTERED, recording_hash=recording.recording_hash)
-        self._since_optimize += 1
-        if self._since_optimize >= DEFAULT_OPTIMIZE_EVERY:
-            self.optimize_catalog()
         log.info(
             "session.done",
             rec_id=rec_id,
@@ -416,19 +409,6 @@ class Daemon:
             log.info("session.discarded", rec_id=rec_id)
         except Exception as exc:  # the refusal stands; the sweep or an operator can remove them
             log.warning("session.discard_failed", rec_id=rec_id, error=_one_line(exc))
-
-    def optimize_catalog(self) -> None:
-        """Compact the catalog and fold new rows into its indexes, if anything was registered."""
-        if self._since_optimize == 0:
-            return
-        started = time.monotonic()
-        try:
-            self.data._write_catalog().optimize()
-        except UrsaError as exc:  # a slower catalog is not a failed session
-            log.warning("catalog.optimize_failed", error=str(exc))
-            return
-        self._since_optimize = 0
-        log.info("catalog.optimized", elapsed_s=round(time.monotonic() - started, 3))
 
     def _trusted_hashes(self, rec_id: str, rec_dir: Path) -> dict[str, str]:
         """sha256s from the state whose file still has the same size and mtime."""
@@ -529,7 +509,7 @@ class Daemon:
             self._drain_roots(roots, registrar, report, on_session, shard)
         finally:
             registrar.close()  # every session whose bytes are in gets registered, even on SIGTERM
-        self.optimize_catalog()
+        # no compaction or re-index here: daemons only append (`ursa-daemon maintain` does the rest)
         summary.elapsed_s = time.monotonic() - started
         return summary
 

@@ -62,8 +62,6 @@ _CHANGE_EVENTS = (
 )
 TICK_S = 0.5
 HEARTBEAT_S = 5.0
-#: how often the catalog is compacted when sessions were registered since the last time
-OPTIMIZE_S = 600.0
 #: how often, and how soon after start, stale multipart uploads are aborted
 SWEEP_S = 3600.0
 SWEEP_FIRST_S = 60.0
@@ -99,7 +97,6 @@ class Runner:
         self.lock = threading.Lock()
         self.rescan_due = threading.Event()
         self.rescan_due.set()
-        self.optimize_due = threading.Event()
         self.active_reported = False
         #: set by :meth:`run` when it returned to be re-executed (see ``shed``)
         self.shed_requested = False
@@ -139,8 +136,6 @@ class Runner:
         scheduler = BackgroundScheduler(daemon=True)
         scheduler.add_job(self.rescan_due.set, "interval", seconds=self.config.watch.rescan_seconds, id="rescan")
         scheduler.add_job(self._heartbeat, "interval", seconds=HEARTBEAT_S, id="heartbeat")
-        # the catalog is only ever written from the main loop: the job just raises a flag
-        scheduler.add_job(self.optimize_due.set, "interval", seconds=OPTIMIZE_S, id="optimize")
         scheduler.add_job(
             self._queue_due_retries, "interval", seconds=self.config.watch.retry_check_seconds, id="retries"
         )
@@ -157,9 +152,6 @@ class Runner:
         sd_notify("READY=1\nSTATUS=watching " + str(self.root))
         try:
             while not stop.is_set():
-                if self.optimize_due.is_set() and not self.daemon.should_pause():
-                    self.optimize_due.clear()
-                    self.daemon.optimize_catalog()
                 try:
                     rec_dir = self._next_session()
                 except Exception as exc:  # a scan that fails (a root gone, a state write) stops nothing
@@ -194,7 +186,7 @@ class Runner:
             return False
         with self.lock:
             queued = bool(self.last_change)
-        return not queued and not self.optimize_due.is_set() and not self.daemon.should_pause()
+        return not queued and not self.daemon.should_pause()
 
     def _heartbeat(self) -> None:
         from ursa_daemon.daemon import sd_notify

@@ -1,0 +1,123 @@
+"""Catalog maintenance as one job (``ursa-daemon maintain``): real processes on one catalog.
+
+Runs started together never work at once (the lease in the assets bucket), a held lease
+leaves the catalog untouched (exit 3), an expired one is taken over, and the daemons
+themselves only append: a drain makes its registration commits and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import local_config_dict
+from harness import write_session
+
+from ursa_daemon.api import DataInterface
+from ursa_daemon.config import load_config
+from ursa_daemon.maintain import LEASE_KEY
+
+
+def _cli(config: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ursa_daemon.cli", "--config", str(config), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _versions(config: Path) -> dict[str, int]:
+    data = DataInterface(config=load_config(config))
+    data.enable_writes(roles=("assets_rw",))
+    return data._write_catalog().table_versions()
+
+
+@pytest.fixture
+def drained(tmp_path: Path) -> Path:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({**local_config_dict(tmp_path), "watch": {"settle_seconds": 0}}))
+    root = tmp_path / "recordings"
+    for i in range(3):
+        write_session(root, f"rec_20260101_00000{i}_aaaa", {"eeg/x.bin": bytes([i]) * 1000})
+    before = _versions(config)
+    proc = _cli(config, "drain", "--json")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert len(json.loads(out)["registered"]) == 3
+    after = _versions(config)
+    # a daemon only appends: one commit per table for the batch, no compaction, no re-index
+    assert {t: after[t] - before[t] for t in before if after[t] != before[t]} == {"recordings": 1, "modalities": 1}
+    assert "catalog.optimiz" not in err
+    return config
+
+
+def _events(stderr: str) -> list[dict[str, Any]]:
+    out = []
+    for line in stderr.splitlines():
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(ev, dict):
+            out.append(ev)
+    return out
+
+
+def test_maintain_runs_started_together_never_overlap(drained: Path) -> None:
+    procs = [_cli(drained, "maintain", "--json") for _ in range(4)]
+    spans = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode in (0, 3), err[-3000:]
+        doc = json.loads(out)
+        if proc.returncode == 3:
+            assert "already running" in doc["error"] or "taken by another run" in doc["error"]
+            assert "catalog.maintenance_started" not in err
+            continue
+        evs = {e["event"]: e for e in _events(err)}
+        start = time.mktime(time.strptime(evs["catalog.maintenance_started"]["timestamp"][:19], "%Y-%m-%dT%H:%M:%S"))
+        start += float("0." + evs["catalog.maintenance_started"]["timestamp"][20:-1])
+        end = time.mktime(time.strptime(evs["catalog.maintained"]["timestamp"][:19], "%Y-%m-%dT%H:%M:%S"))
+        end += float("0." + evs["catalog.maintained"]["timestamp"][20:-1])
+        spans.append((start, end, doc["holder"]))
+    assert spans, "at least one run maintained the catalog"
+    spans.sort()
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):
+        assert end <= start, f"{a} and {b} maintained at once"
+    assert not (drained.parent / "store" / "assets" / LEASE_KEY).exists()  # given back
+    assert len(DataInterface(config=load_config(drained)).query()) == 3
+
+
+def test_held_lease_leaves_the_catalog_alone_and_expired_one_is_taken_over(drained: Path) -> None:
+    lease = drained.parent / "store" / "assets" / LEASE_KEY
+    lease.parent.mkdir(parents=True, exist_ok=True)
+    lease.write_text(json.dumps({"holder": "rig-7:123:1", "expires_at": time.time() + 600}))
+    before = _versions(drained)
+    proc = _cli(drained, "maintain", "--json")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 3, err[-3000:]
+    assert "rig-7:123:1" in json.loads(out)["error"]
+    assert _versions(drained) == before and lease.exists()
+    # the holder died: its lease expired; the next run takes it over and gives it back
+    lease.write_text(json.dumps({"holder": "rig-7:123:1", "expires_at": time.time() - 1}))
+    proc = _cli(drained, "maintain", "--json")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert any(e.get("event") == "catalog.lease_expired" for e in _events(err))
+    doc = json.loads(out)
+    assert doc["versions_after"]["recordings"] > doc["versions_before"]["recordings"]  # compacted, re-indexed
+    assert not lease.exists()
+    assert len(DataInterface(config=load_config(drained)).query()) == 3
+
+
+def test_keep_versions_under_an_hour_is_refused(drained: Path) -> None:
+    proc = _cli(drained, "maintain", "--keep-versions-hours", "0.5")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "keep-versions-hours" in err

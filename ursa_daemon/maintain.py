@@ -1,0 +1,156 @@
+"""Catalog maintenance as one job: compaction, index refresh, cleanup of old versions.
+
+Daemons only append (one small commit per table per session or batch); they never
+compact or re-index, so N rigs never fight over it. ``ursa-daemon maintain`` does it,
+from one machine's timer (``systemd/ursa-daemon-maintain.timer``), and only while it
+holds the lease ``ursa/maintenance.lease`` in the assets bucket: taken by an atomic
+create (``If-None-Match: *`` on S3/R2, an exclusive create on a local store), so two
+``maintain`` runs (a second machine's timer, an operator by hand) never work at once;
+the loser exits 3 naming the holder. A lease outlives a holder that died by its
+``expires_at`` (the job's time budget); then the next run deletes it and takes it
+again (two runs that both find the same expired lease within the same moment could
+both go on: the only window, and it needs a crashed holder first).
+
+Old versions: Lance keeps every table version (a manifest plus the files only it
+references) so readers can still read the version they started on. A version is
+removed only once it has been superseded for longer than ``keep_versions`` (default
+24 h, at least 1 h). Readers move to the latest version at least every few seconds
+(``Catalog.open``'s read-consistency interval) and a query lasts seconds, so no
+reader can still need a version superseded that long ago.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from ursa_daemon.errors import ObjectExists, ObjectNotFound, UrsaError
+from ursa_daemon.log import get_logger
+
+if TYPE_CHECKING:
+    from ursa_daemon.api import DataInterface
+    from ursa_daemon.store import Store
+
+__all__ = [
+    "DEFAULT_KEEP_VERSIONS",
+    "DEFAULT_LEASE",
+    "LEASE_KEY",
+    "MIN_KEEP_VERSIONS",
+    "LeaseHeld",
+    "MaintainReport",
+    "maintain",
+]
+
+log = get_logger("ursa.maintain")
+
+LEASE_KEY = "ursa/maintenance.lease"
+#: how long a lease holds without its holder (a maintenance run takes seconds to minutes)
+DEFAULT_LEASE = timedelta(hours=1)
+DEFAULT_KEEP_VERSIONS = timedelta(hours=24)
+MIN_KEEP_VERSIONS = timedelta(hours=1)
+
+
+class LeaseHeld(UrsaError):
+    """Another maintenance run holds the lease (exit 3, like a held state lock)."""
+
+
+@dataclass
+class MaintainReport:
+    holder: str
+    keep_versions_s: float
+    elapsed_s: float = 0.0
+    versions_before: dict[str, int] = field(default_factory=dict)
+    versions_after: dict[str, int] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "holder": self.holder,
+            "keep_versions_s": self.keep_versions_s,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "versions_before": self.versions_before,
+            "versions_after": self.versions_after,
+        }
+
+
+def maintain(
+    data: DataInterface,
+    *,
+    keep_versions: timedelta = DEFAULT_KEEP_VERSIONS,
+    lease: timedelta = DEFAULT_LEASE,
+) -> MaintainReport:
+    """Take the lease, compact every table, bring its indexes up to date, remove versions
+    superseded more than ``keep_versions`` ago, give the lease back.
+
+    Raises :class:`LeaseHeld` when another run holds the lease, ``ValueError`` for a
+    ``keep_versions`` under :data:`MIN_KEEP_VERSIONS`.
+    """
+    if keep_versions < MIN_KEEP_VERSIONS:
+        raise ValueError(f"keep_versions must be at least {MIN_KEEP_VERSIONS}, not {keep_versions}")
+    data.enable_writes(roles=("assets_rw",))
+    store = data.store("assets_rw")
+    holder = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
+    _take_lease(store, holder, lease)
+    report = MaintainReport(holder=holder, keep_versions_s=keep_versions.total_seconds())
+    started = time.monotonic()
+    try:
+        catalog = data._write_catalog()
+        catalog.refresh()
+        report.versions_before = catalog.table_versions()
+        log.info("catalog.maintenance_started", holder=holder)
+        catalog.optimize(keep_versions=keep_versions)
+        report.versions_after = catalog.table_versions()
+    finally:
+        _give_back(store, holder)
+    report.elapsed_s = time.monotonic() - started
+    log.info("catalog.maintained", holder=holder, elapsed_s=round(report.elapsed_s, 3))
+    return report
+
+
+def _lease_body(holder: str, lease: timedelta) -> bytes:
+    return json.dumps({"holder": holder, "expires_at": time.time() + lease.total_seconds()}).encode()
+
+
+def _read_lease(store: Store) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(store.get(LEASE_KEY))
+    except ObjectNotFound:
+        return None
+    except ValueError:  # unreadable: treat as expired, it will be replaced
+        return {"holder": "?", "expires_at": 0.0}
+    return doc if isinstance(doc, dict) else {"holder": "?", "expires_at": 0.0}
+
+
+def _take_lease(store: Store, holder: str, lease: timedelta) -> None:
+    for _ in range(2):
+        try:
+            store.put(LEASE_KEY, _lease_body(holder, lease), content_type="application/json", create_only=True)
+            log.info("catalog.lease_taken", holder=holder)
+            return
+        except ObjectExists:
+            current = _read_lease(store)
+            if current is None:
+                continue  # given back meanwhile: try again
+            expires = current.get("expires_at")
+            if isinstance(expires, int | float) and expires > time.time():
+                raise LeaseHeld(
+                    f"catalog maintenance is already running ({current.get('holder')}, lease "
+                    f"{store.uri(LEASE_KEY)} until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(expires))}); "
+                    "nothing done"
+                ) from None
+            log.warning("catalog.lease_expired", holder=str(current.get("holder")))
+            with contextlib.suppress(ObjectNotFound):
+                store.delete(LEASE_KEY)
+    raise LeaseHeld(f"catalog maintenance lease {store.uri(LEASE_KEY)} was taken by another run; nothing done")
+
+
+def _give_back(store: Store, holder: str) -> None:
+    current = _read_lease(store)
+    if current is not None and current.get("holder") == holder:
+        with contextlib.suppress(ObjectNotFound):
+            store.delete(LEASE_KEY)
