@@ -56,4 +56,5 @@ def test_idle_run_holds_no_catalog_stack_and_sheds_it_after_work(tmp_path: Path)
     registered = [e["rec_id"] for e in proc.events if e.get("event") == "session.registered"]
     assert registered == [first.name, second.name]
     status = json.loads(cli(config, "status", "--json").stdout)
-    assert {s["rec_id"]: s["state"] for s in status["sessions"]} == {first.name: "registered", second.name: "registered"}
+    states = {s["rec_id"]: s["state"] for s in status["sessions"]}
+    assert states == {first.name: "registered", second.name: "registered"}
