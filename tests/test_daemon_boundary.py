@@ -15,7 +15,7 @@ import pytest
 from conftest import local_config_dict
 from structlog.testing import capture_logs
 
-import ursa_daemon.daemon as daemon_mod
+import ursa_daemon.ingest as ingest_mod
 from ursa_daemon.catalog import Catalog
 from ursa_daemon.config import config_from_dict
 from ursa_daemon.daemon import Daemon
@@ -42,14 +42,14 @@ def local_daemon(tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_a_bug_in_one_session_fails_only_that_session(local_daemon, monkeypatch: pytest.MonkeyPatch) -> None:
     daemon, root = local_daemon
     recs = [_session(root, i, b"s%d" % i) for i in range(3)]
-    real = daemon_mod.ingest
+    real = ingest_mod.ingest  # the daemon imports it when it works on a session
 
     def buggy(data: Any, rec_dir: Path, **kw: Any) -> Any:
         if Path(rec_dir).name == recs[1].name:
             raise KeyError("boom\nsecond line")  # not an UrsaError, not an OSError: a bug
         return real(data, rec_dir, **kw)
 
-    monkeypatch.setattr(daemon_mod, "ingest", buggy)
+    monkeypatch.setattr(ingest_mod, "ingest", buggy)
     with capture_logs() as logs:
         summary = daemon.drain([root])
     assert sorted(summary.registered) == [recs[0].name, recs[2].name]
