@@ -28,6 +28,7 @@ from structlog.testing import capture_logs
 from ursa_daemon.activity import Activity
 from ursa_daemon.config import Config, config_from_dict
 from ursa_daemon.daemon import Daemon
+from ursa_daemon.log import human_bytes
 from ursa_daemon.state import MultipartRecord, SessionState
 
 PART = 5 << 20
@@ -171,7 +172,8 @@ def test_pause_then_resume_sends_only_the_missing_parts(  # type: ignore[no-unty
         env={**os.environ, "COLUMNS": "200"},
     )
     assert text.returncode == 0, text.stderr
-    assert f"{done_parts}/{NPARTS}" in text.stderr and f"{done_parts * PART:,}/{SIZE:,}" in text.stderr
+    moved = f"{human_bytes(done_parts * PART)} / {human_bytes(SIZE)}"
+    assert f"{done_parts}/{NPARTS}" in text.stderr and moved in text.stderr
 
     before = proxy.bytes_up
     with Daemon(config) as daemon, capture_logs() as logs:

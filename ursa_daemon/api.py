@@ -40,7 +40,14 @@ from ursa_daemon.config import (
     load_config,
     resolve_credentials,
 )
-from ursa_daemon.errors import CatalogError, ObjectExists, ObjectNotFound, WritesNotEnabled
+from ursa_daemon.errors import (
+    CatalogError,
+    CatalogPermissionError,
+    ObjectExists,
+    ObjectNotFound,
+    StorePermissionError,
+    WritesNotEnabled,
+)
 from ursa_daemon.manifest import participant_id
 from ursa_daemon.store import Store, get_store, parse_storage_uri
 from ursa_daemon.store.s3 import lance_storage_options
@@ -181,7 +188,10 @@ def open_catalog(profile: LocalProfile | S3Profile, role: Role | str) -> Catalog
     """
     role = Role(role)
     store = get_store(profile, role)
-    prefix = _read_or_create_pointer(store)
+    try:
+        prefix = _read_or_create_pointer(store)
+    except StorePermissionError:
+        raise CatalogPermissionError(f"open the catalog pointer {ACTIVE_POINTER_KEY}", role.value) from None
     if isinstance(profile, LocalProfile):  # one handle serves reads and writes
         return Catalog.open(str(Path(profile.root) / "assets" / prefix))
     creds = resolve_credentials(profile, role)

@@ -79,7 +79,7 @@ from pydantic import (
 )
 
 from ursa_daemon._lance_import import import_lancedb
-from ursa_daemon.errors import CatalogError, CatalogRowExists, WritesNotEnabled
+from ursa_daemon.errors import CatalogError, CatalogPermissionError, CatalogRowExists, WritesNotEnabled
 
 if TYPE_CHECKING:
     from lancedb.db import AsyncConnection
@@ -921,7 +921,7 @@ class Catalog:
         lancedb = import_lancedb()  # here, not at import: the upload path never pays for it
 
         loop = _event_loop()
-        with _lance_errors(f"open catalog {_redact(uri)}"):
+        with _lance_errors(f"open catalog {_redact(uri)}", role="assets_rw" if writable else "assets_ro"):
             db = loop.run(
                 lancedb.connect_async(
                     uri, storage_options=storage_options, read_consistency_interval=read_consistency_interval
@@ -947,7 +947,7 @@ class Catalog:
         if self._loop.pid != os.getpid():
             coro.close()
             raise CatalogError(f"{action}: this catalog was opened before a fork; open it again in this process")
-        with _lance_errors(action):
+        with _lance_errors(action, role="assets_rw" if self._writable else "assets_ro"):
             return self._loop.run(coro)
 
     def _create_table(self, spec: _TableSpec) -> None:
@@ -1697,12 +1697,22 @@ def _redact(uri: str) -> str:
     return uri.split("?", 1)[0]
 
 
+#: what Lance's object store says when the server answered 401/403
+_DENIED_MARKERS = ("lacked the necessary privileges", "403 Forbidden", "AccessDenied", "401 Unauthorized")
+
+
 @contextmanager
-def _lance_errors(action: str) -> Iterator[None]:
-    """Translate LanceDB's exceptions into :class:`CatalogError` at the boundary."""
+def _lance_errors(action: str, *, role: str = "assets_rw") -> Iterator[None]:
+    """Translate LanceDB's exceptions into :class:`CatalogError` at the boundary.
+
+    A refusal by the store becomes :class:`CatalogPermissionError` naming ``role``
+    and the fix, without the storage engine's text.
+    """
     try:
         yield
     except CatalogError:
         raise
     except _LANCE_ERRORS as exc:
+        if any(m in str(exc) for m in _DENIED_MARKERS):
+            raise CatalogPermissionError(action, role) from None
         raise CatalogError(f"{action}: {exc}") from exc

@@ -1,7 +1,8 @@
 """``ursa-daemon``: thin subcommands over the API and the daemon.
 
 Exit codes: 0 done; 1 some sessions failed or were rejected; 2 usage or
-config error; 3 another process holds the state lock. ``--json`` prints one
+config error; 3 another process holds the state lock; 130/143 stopped by
+SIGINT/SIGTERM before the work was finished. ``--json`` prints one
 JSON document on stdout; human output and progress go to stderr. Heavy
 modules are imported inside the commands so ``--help`` stays fast.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -206,6 +209,9 @@ def _ingest_summary(result: Any, rec_id: str) -> dict[str, Any]:
 def ingest(obj: Context, rec_dir: Path, participant: str | None, overwrite: bool, as_json: bool) -> None:
     """Upload one session and register it (Path A)."""
     _logs_to_stderr(as_json)
+    if not rec_dir.is_dir():
+        what = "does not exist" if not rec_dir.exists() else "is not a directory"
+        raise click.BadParameter(f"{rec_dir} {what}; give the rec_* session directory to ingest")
     from rich.console import Console
 
     from ursa_daemon.ingest import UploadProgress
@@ -341,61 +347,113 @@ def drain(obj: Context, roots: tuple[Path, ...], shard: str | None, as_json: boo
     --shard K/N, N machines (each its own state_dir) split the sessions by a stable
     hash of rec_id, with no overlap; overlapping drains are safe too (a session
     already in the store and catalog is skipped), they only cost bandwidth.
+    Exit 0: every session done; 1: some failed or were rejected; 130/143:
+    stopped by SIGINT/SIGTERM first (a second signal stops at once). Sessions
+    without a manifest yet are listed as incomplete, not as errors.
     """
+    began = time.monotonic()
     _logs_to_stderr(as_json)
-    from ursa_daemon.sessions import in_shard, parse_shard
+    from ursa_daemon.sessions import parse_shard
 
     try:
         shard_kn = None if shard is None else parse_shard(shard)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--shard") from None
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from ursa_daemon.daemon import Daemon, install_stop_handlers
-    from ursa_daemon.sessions import scan_root
+    from ursa_daemon.daemon import Daemon, DrainSummary, install_stop_handlers
+    from ursa_daemon.log import drain_progress
 
     config = obj.config
     targets = [p.resolve() for p in roots] or [config.recordings_root]
     _check_drain_roots(targets, given=bool(roots), config=config)
     console = Console(stderr=True)
+    summary = DrainSummary()
+
+    def abort(signame: str) -> None:  # a second signal: say what is known and stop now
+        summary.stopped_by = summary.stopped_by or signame
+        summary.account_unfinished()
+        summary.elapsed_s = time.monotonic() - began
+        if console.is_terminal:
+            console.show_cursor(True)
+        _drain_report(summary, as_json, console, aborted=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(summary.exit_code if summary.exit_code >= 128 else 128 + int(signal.Signals[signame]))
+
     with Daemon(config) as daemon:
-        install_stop_handlers(daemon.stopping)
-        total = sum(1 for root in targets for sd in scan_root(root) if in_shard(sd.rec_id, shard_kn))
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            console=console,
-            disable=not console.is_terminal,
-        ) as bar:
-            sessions = bar.add_task("sessions", total=total)
-            current = bar.add_task("bytes", total=None)
+        install_stop_handlers(daemon.stopping, daemon=daemon, on_second=abort)
+        with drain_progress(console) as bar:
+            sessions = bar.add_task("sessions", total=None, unit="sessions")
+            current = bar.add_task("", total=None, unit="bytes", visible=False)
 
-            def on_session(sd: Any) -> None:
-                bar.update(current, description=sd.rec_id, completed=0, total=None)
+            shown = [""]
 
-            def on_progress(_rec_id: str, p: Any) -> None:
-                bar.update(current, completed=p.bytes_processed, total=p.bytes_total)
+            def on_bytes(rec_id: str, phase: str, done: int, total: int) -> None:
+                label = rec_id if phase == "uploading" else f"{rec_id} {phase}"
+                if label != shown[0]:  # a new session or phase: its own rate and time left
+                    shown[0] = label
+                    bar.reset(current, description=label, completed=done, total=total, visible=True)
+                else:
+                    bar.update(current, completed=done, total=total)
 
-            daemon.progress = on_progress
-            summary = daemon.drain(
-                targets, on_session=on_session, on_outcome=lambda _o: bar.advance(sessions), shard=shard_kn
+            daemon.on_bytes = on_bytes
+            daemon.drain(
+                targets,
+                on_outcome=lambda _o: bar.advance(sessions),
+                on_start=lambda n: bar.update(sessions, total=n),
+                summary=summary,
+                shard=shard_kn,
             )
+    summary.elapsed_s = time.monotonic() - began  # wall time, the scan included
+    _drain_report(summary, as_json, console)
+    if summary.exit_code:
+        sys.exit(summary.exit_code)
+
+
+def _drain_report(summary: Any, as_json: bool, console: Any, *, aborted: bool = False) -> None:
+    from ursa_daemon.log import human_bytes
+
     if as_json:
         _emit_json(summary.as_json())
-    else:
+        return
+    parts = [
+        f"{len(summary.registered)} registered",
+        f"{len(summary.already_registered)} already registered",
+        f"{len(summary.failed)} failed",
+        f"{len(summary.rejected)} rejected",
+    ]
+    for name in ("incomplete", "interrupted", "not_started", "paused", "waiting"):
+        n = len(getattr(summary, name))
+        if n:
+            parts.append(f"{n} {name.replace('_', ' ')}")
+    stopped = ""
+    if summary.stopped_by:
+        stopped = f"stopped by {summary.stopped_by}" + (" (at once)" if aborted else "") + "; "
+    click.echo(
+        f"drain: {stopped}{', '.join(parts)}; {summary.files_uploaded} files, "
+        f"{human_bytes(summary.bytes_uploaded)} uploaded in {_human_duration(summary.elapsed_s)}",
+        err=True,
+    )
+    for item in summary.failed + summary.rejected + summary.waiting:
+        click.echo(f"  {item['rec_id']}: {item['error']}", err=True)
+    for item in summary.incomplete:
+        click.echo(f"  {item['rec_id']}: {item['hint']}", err=True)
+    if summary.interrupted or summary.not_started:
+        left = summary.interrupted + summary.not_started
         click.echo(
-            f"drain: {len(summary.registered)} registered, {len(summary.already_registered)} already registered, "
-            f"{len(summary.failed)} failed, {len(summary.rejected)} rejected, "
-            f"{len(summary.waiting)} waiting for another node; "
-            f"{summary.files_uploaded} files / {summary.bytes_uploaded:,} bytes uploaded in {summary.elapsed_s:.1f}s",
+            f"  not finished ({len(left)}): {', '.join(left)}; run drain again to finish them "
+            "(what was uploaded is kept)",
             err=True,
         )
-        for item in summary.failed + summary.rejected + summary.waiting:
-            click.echo(f"  {item['rec_id']}: {item['error']}", err=True)
-    if not summary.ok:
-        sys.exit(EXIT_FAILED)
+
+
+def _human_duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    m, sec = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
 
 
 def _check_drain_roots(targets: list[Path], *, given: bool, config: Config) -> None:
@@ -446,33 +504,51 @@ def status(obj: Context, as_json: bool) -> None:
     if as_json:
         _emit_json(doc)
         return
+    _print_status(sessions, state_counts, parts)
+
+
+def _print_status(sessions: list[Any], counts: dict[str, int], parts: dict[str, list[Any]]) -> None:
+    """The human table: fits 80 columns by wrapping; a rec_id is never cut, an error is printed whole."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    counts: dict[str, int] = state_counts
-    table = Table(title="ursa-daemon: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no sessions"))
-    for col in ("rec_id", "state", "files", "bytes", "attempts", "next attempt", "last error"):
-        table.add_column(col)
-    for s in sessions:
-        table.add_row(
-            s.rec_id,
-            str(s.state),
-            f"{s.files_done}/{s.files_total}",
-            f"{s.bytes_done:,}/{s.bytes_total:,}",
-            str(s.attempts),
-            "" if s.next_attempt_at is None else time.strftime("%H:%M:%S", time.localtime(s.next_attempt_at)),
-            (s.last_error or "")[:120],
-        )
+    from ursa_daemon.log import human_bytes
+
     console = Console(stderr=True)
+    width = max((len(s.rec_id) for s in sessions), default=6)
+    title = "ursa-daemon: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no sessions")
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("rec_id", no_wrap=True, min_width=width)
+    table.add_column("state", no_wrap=True)
+    table.add_column("files", justify="right", overflow="fold")
+    table.add_column("bytes (rate, left)", justify="right", overflow="fold")
+    table.add_column("tries", overflow="fold")
+    for s in sessions:
+        moved = f"{human_bytes(s.bytes_done)} / {human_bytes(s.bytes_total)}"
+        if s.rate is not None:
+            moved += f"\n{human_bytes(s.rate)}/s, {_human_duration(s.eta_s or 0)} left"
+        tries = str(s.attempts)
+        if s.next_attempt_at is not None:
+            tries += time.strftime(", next %H:%M:%S", time.localtime(s.next_attempt_at))
+        table.add_row(s.rec_id, str(s.state), f"{s.files_done}/{s.files_total}", moved, tries)
     console.print(table)
+    for s in sessions:
+        if s.last_error:  # whole, wrapped to the terminal: the advice at its end is never cut
+            console.print(Text(f"{s.rec_id} ({s.state}): ", style="bold") + Text(s.last_error), overflow="fold")
     if parts:
-        ptable = Table(title="multipart uploads in progress (resume from the first missing part)")
-        for col in ("rec_id", "file", "parts", "bytes"):
-            ptable.add_column(col)
+        ptable = Table(title="multipart uploads in progress (resume from the first missing part)",
+                       box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        ptable.add_column("rec_id", no_wrap=True, min_width=width)
+        ptable.add_column("file", overflow="fold")
+        ptable.add_column("parts", justify="right")
+        ptable.add_column("bytes", justify="right", overflow="fold")
         for rec_id, files in sorted(parts.items()):
             for p in files:
                 ptable.add_row(
-                    rec_id, p.rel_path, f"{p.parts_done}/{p.parts_total}", f"{p.bytes_done:,}/{p.bytes_total:,}"
+                    rec_id, p.rel_path, f"{p.parts_done}/{p.parts_total}",
+                    f"{human_bytes(p.bytes_done)} / {human_bytes(p.bytes_total)}",
                 )
         console.print(ptable)
 
@@ -659,9 +735,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.UsageError as exc:
         exc.show()
         sys.exit(EXIT_USAGE)
-    except click.Abort:
+    except click.Abort as exc:  # Ctrl-C before a command installed its own handler
         click.echo("aborted", err=True)
-        sys.exit(EXIT_FAILED)
+        sys.exit(130 if isinstance(exc.__context__, KeyboardInterrupt) else EXIT_FAILED)
     sys.exit(EXIT_OK)
 
 

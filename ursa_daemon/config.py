@@ -346,18 +346,33 @@ def _config_error(exc: ValidationError, source: Path | None) -> ConfigError:
         loc = [str(p) for p in err["loc"]]
         if len(loc) > 2 and loc[0] == "profiles" and loc[2] in ("local", "s3"):
             del loc[2]  # the discriminator tag pydantic inserts
-        key = ".".join(loc) or "<top level>"
-        first_key = first_key or key
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            msg = f"unknown key {key!r}"
-        elif kind == "missing":
-            msg = f"missing required key {key!r}"
-        else:
-            # Never echo the input value: a misplaced secret must not reach a log.
-            msg = f"{key}: {err['msg']}"
-        lines.append(msg)
+        key = ".".join(loc)
+        first_key = first_key or key or None
+        lines.append(_plain(err, key))
     return ConfigError(f"{where}: " + "; ".join(lines), key=first_key, path=where)
+
+
+def _plain(err: Any, key: str) -> str:
+    """One validation error in the config's own words, naming the key, never pydantic's."""
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return f"unknown key {key!r}"
+    if kind == "missing":
+        return f"missing required key {key!r}"
+    if kind == "union_tag_invalid":  # kind: is not one of ours (the kind names no secret: shown)
+        tag = str(ctx.get("tag", ""))[:40]
+        return f"{key}.kind: unknown profile kind {tag!r}; use 'local' or 's3'"
+    if kind == "union_tag_not_found":
+        return f"{key}: missing required key {key + '.kind'!r} ('local' or 's3')"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"{key}: must be a mapping of keys" if key else "the top level must be a mapping of keys"
+    # Never echo the input value: a misplaced secret must not reach a log.
+    msg = str(err["msg"])
+    for prefix, plain in (("Input should be ", "must be "), ("Value error, ", ""), ("Assertion failed, ", "")):
+        if msg.startswith(prefix):
+            msg = plain + msg[len(prefix):]
+    return f"{key}: {msg}" if key else msg
 
 
 def resolve_credentials(profile: S3Profile, role: Role | str) -> Credentials:

@@ -27,6 +27,7 @@ from ursa_daemon.activity import Activity, lower_own_priority, recorder_writing
 from ursa_daemon.config import Config, Role
 from ursa_daemon.errors import (
     CatalogError,
+    CatalogPermissionError,
     CatalogRowExists,
     InputError,
     NodesPending,
@@ -35,7 +36,7 @@ from ursa_daemon.errors import (
     UrsaError,
 )
 from ursa_daemon.log import get_logger
-from ursa_daemon.manifest import hash_files, load_session
+from ursa_daemon.manifest import HashingStopped, hash_files, load_session, recording_hash
 from ursa_daemon.metrics import METRICS
 from ursa_daemon.metrics import serve as serve_metrics
 from ursa_daemon.sessions import SessionDir, in_shard, scan_root, tree_signature
@@ -51,7 +52,9 @@ __all__ = [
     "Daemon",
     "DrainSummary",
     "Outcome",
+    "LiveProgress",
     "build_activity",
+    "drain_sessions",
     "in_upload_window",
     "install_stop_handlers",
     "sd_notify",
@@ -61,6 +64,8 @@ log = get_logger("ursa.daemon")
 
 #: SIGTERM must stop the daemon within this budget (systemd TimeoutStopSec is longer)
 DEFAULT_STOP_BUDGET_S = 4.0
+#: ``status`` progress is written at most this often while bytes move (a file done always writes)
+DEFAULT_PROGRESS_WRITE_S = 0.5
 #: ``drain`` registers the sessions that wait together, one commit per table for up to this many
 DEFAULT_REGISTER_BATCH = 32
 #: ... gathered for at most this long after the first of them finished uploading
@@ -72,7 +77,7 @@ class Outcome:
     """What one ``process`` call did to a session."""
 
     rec_id: str
-    status: str  # registered, already_registered, paused, failed, rejected, registering, waiting
+    status: str  # registered, already_registered, paused, failed, rejected, registering, waiting, incomplete
     error: str | None = None
     files_uploaded: int = 0
     files_skipped: int = 0
@@ -82,12 +87,28 @@ class Outcome:
     started: float = field(default=0.0, repr=False)
 
 
+#: the hint of a session ``drain`` found without a manifest (SPEC section 5: ``incomplete``)
+INCOMPLETE_HINT = (
+    "no manifest.json yet: still being recorded (drain it again once the rig has finished), or the rig "
+    "died; if it will never write one, run `ursa-daemon reconstruct-manifest {path}` and drain again"
+)
+
+
 @dataclass
 class DrainSummary:
+    """What ``drain`` did: every session it was given is in exactly one list (SPEC section 5)."""
+
     registered: list[str] = field(default_factory=list)
     already_registered: list[str] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)
+    #: no manifest yet: being recorded, or a rig that died (not an error)
+    incomplete: list[dict[str, str]] = field(default_factory=list)
+    #: started, not finished when a signal stopped the drain (its progress is kept)
+    interrupted: list[str] = field(default_factory=list)
+    #: never reached before a signal stopped the drain
+    not_started: list[str] = field(default_factory=list)
+    #: stopped by an upload window that closed (not a signal): continued by the next run
     paused: list[str] = field(default_factory=list)
     #: dual-node halves uploaded and waiting for another node's half (not a failure)
     waiting: list[dict[str, str]] = field(default_factory=list)
@@ -95,21 +116,52 @@ class DrainSummary:
     files_skipped: int = 0
     bytes_uploaded: int = 0
     elapsed_s: float = 0.0
+    #: the signal that stopped the drain (``SIGINT``/``SIGTERM``), if one did
+    stopped_by: str | None = None
+    #: every session the drain was given, in order, and those it began
+    given: list[str] = field(default_factory=list, repr=False)
+    started: set[str] = field(default_factory=set, repr=False)
 
     def add(self, o: Outcome) -> None:
         if o.status in ("registered", "already_registered"):
             getattr(self, o.status).append(o.rec_id)
         elif o.status in ("failed", "rejected", "waiting"):
             getattr(self, o.status).append({"rec_id": o.rec_id, "error": o.error or ""})
+        elif o.status == "incomplete":
+            self.incomplete.append({"rec_id": o.rec_id, "hint": o.error or ""})
         elif o.status == "paused":
-            self.paused.append(o.rec_id)
+            (self.interrupted if self.stopped_by else self.paused).append(o.rec_id)
         self.files_uploaded += o.files_uploaded
         self.files_skipped += o.files_skipped
         self.bytes_uploaded += o.bytes_uploaded
 
+    def accounted(self) -> set[str]:
+        """Every rec_id already in one of the lists."""
+        out = set(self.registered) | set(self.already_registered) | set(self.interrupted)
+        out |= set(self.not_started) | set(self.paused)
+        for items in (self.failed, self.rejected, self.incomplete, self.waiting):
+            out |= {i["rec_id"] for i in items}
+        return out
+
+    def account_unfinished(self) -> None:
+        """Put every given session not in a list yet under ``interrupted`` (begun) or ``not_started``."""
+        done = self.accounted()
+        for rec_id in self.given:
+            if rec_id not in done:
+                (self.interrupted if rec_id in self.started else self.not_started).append(rec_id)
+                done.add(rec_id)
+
     @property
     def ok(self) -> bool:
         return not self.failed and not self.rejected
+
+    @property
+    def exit_code(self) -> int:
+        """130/143 when a signal stopped it before every session was finished, else 1 on any
+        failed or rejected session, else 0 (SPEC section 5)."""
+        if self.stopped_by is not None and (self.interrupted or self.not_started):
+            return 128 + int(signal.Signals[self.stopped_by])
+        return 0 if self.ok else 1
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -117,12 +169,16 @@ class DrainSummary:
             "already_registered": self.already_registered,
             "failed": self.failed,
             "rejected": self.rejected,
+            "incomplete": self.incomplete,
+            "interrupted": self.interrupted,
+            "not_started": self.not_started,
             "paused": self.paused,
             "waiting": self.waiting,
             "files_uploaded": self.files_uploaded,
             "files_skipped": self.files_skipped,
             "bytes_uploaded": self.bytes_uploaded,
             "elapsed_s": round(self.elapsed_s, 3),
+            "stopped_by": self.stopped_by,
         }
 
 
@@ -164,7 +220,7 @@ class Daemon:
                 else:
                     self._enable_writes()
             except (StoreError, CatalogError) as exc:
-                if not offline_ok or isinstance(exc, StorePermissionError):
+                if not offline_ok or isinstance(exc, StorePermissionError | CatalogPermissionError):
                     raise
                 # the store is unreachable (a rig booting offline): keep running; every session
                 # fails and retries with backoff until it is back
@@ -174,8 +230,12 @@ class Daemon:
             raise
         self.limiter = RateLimiter(config.upload.bandwidth_bytes_per_s)
         self.stopping = threading.Event()
+        #: ``SIGINT``/``SIGTERM`` once a signal set ``stopping``
+        self.stop_signal: str | None = None
         self.activity = activity
         self.progress: Callable[[str, UploadProgress], None] | None = None
+        #: ``(rec_id, phase, bytes_done, bytes_total)`` as bytes are hashed and sent (for a display)
+        self.on_bytes: Callable[[str, str, int, int], None] | None = None
 
     @property
     def data(self) -> DataInterface:
@@ -250,6 +310,13 @@ class Daemon:
 
     def _boundary(self, rec_id: str, exc: BaseException, *, rec_dir: Path | None = None) -> Outcome:
         """Classify what escaped one session's processing; never raises."""
+        if isinstance(exc, HashingStopped):  # stopped (or the rig records) before every file was hashed
+            try:
+                self.state.set_state(rec_id, SessionState.PAUSED)
+            except Exception as again:
+                log.warning("session.state_write_failed", rec_id=rec_id, error=_one_line(again))
+            log.info("session.paused", rec_id=rec_id)
+            return METRICS.outcome(Outcome(rec_id, "paused"))
         log.debug("session.error", rec_id=rec_id, error=_one_line(exc), exc_info=exc)
         try:
             if isinstance(exc, InputError):
@@ -297,21 +364,22 @@ class Daemon:
         self._enable_writes()
         session = load_session(rec_dir)
         known = self._trusted_hashes(rec_id, rec_dir)
-        files = hash_files(rec_dir, session.files, known=known)
+        live = LiveProgress(self.state, rec_id, len(session.files), session.bytes_total, self.on_bytes)
+        live.begin()
+        files = hash_files(
+            rec_dir, session.files, known=known, on_bytes=live.hashed, on_file=live.file_hashed,
+            should_stop=self.should_pause,
+        )
         self.state.record_hashes(
             rec_id, [(f.rel_path, f.size, _mtime_ns(rec_dir / f.rel_path), f.sha256 or "") for f in files]
         )
-        self.state.set_state(rec_id, SessionState.UPLOADING)
+        rh = None if session.node_manifests else recording_hash(f.sha256 or "" for f in files)
+        self.state.set_state(rec_id, SessionState.UPLOADING, recording_hash=rh)
+        live.uploading(self.state.part_progress().get(rec_id, []))
         METRICS.session_started(rec_id)
 
         def on_progress(p: UploadProgress) -> None:
-            self.state.set_progress(
-                rec_id,
-                files_done=p.files_done,
-                files_total=p.files_total,
-                bytes_done=p.bytes_processed,
-                bytes_total=p.bytes_total,
-            )
+            live.file_done(p)
             self.state.confirm_file(rec_id, p.current_file)
             METRICS.progress(rec_id, p)
             if self.progress is not None:
@@ -326,9 +394,11 @@ class Daemon:
             known_hashes={f.rel_path: f.sha256 for f in files if f.sha256},
             defer_register=defer_register,
             journal=self.state,
+            on_file_bytes=live.sent,
         )
         counts = (result.files_uploaded, result.files_skipped, result.bytes_uploaded)
         if result.paused:
+            live.paused(self.state.part_progress().get(rec_id, []), result.kept_bytes)
             self.state.set_state(rec_id, SessionState.PAUSED)
             return METRICS.outcome(Outcome(rec_id, "paused", None, *counts))
         if result.pending is not None:
@@ -476,15 +546,25 @@ class Daemon:
         on_session: Callable[[SessionDir], None] | None = None,
         on_outcome: Callable[[Outcome], None] | None = None,
         shard: tuple[int, int] | None = None,
+        on_start: Callable[[int], None] | None = None,
+        summary: DrainSummary | None = None,
     ) -> DrainSummary:
-        """Every session with a manifest under ``roots``, to the end; one failure stops nothing.
+        """Every session under ``roots``, to the end; one failure stops nothing.
 
+        Each session given ends in exactly one list of the summary: a session
+        without a manifest is ``incomplete``; when ``stopping`` is set, the session
+        in progress is ``interrupted`` (its progress kept) and the rest ``not_started``.
+        ``summary`` (filled in as it goes) lets a signal handler report what is known;
+        ``on_start`` is told how many sessions were found.
         ``shard=(K, N)``: only the sessions whose ``rec_id`` hashes to shard K of N
         (:func:`ursa_daemon.sessions.in_shard`), so N machines can drain one share at once.
         Serves ``/metrics`` meanwhile when ``metrics.enabled`` (see ``ursa_daemon.metrics``).
         """
         with serve_metrics(self.config, self.state):
-            return self._drain(roots, on_session=on_session, on_outcome=on_outcome, shard=shard)
+            return self._drain(
+                roots, on_session=on_session, on_outcome=on_outcome, on_start=on_start, summary=summary,
+                shard=shard,
+            )
 
     def _drain(
         self,
@@ -492,60 +572,75 @@ class Daemon:
         *,
         on_session: Callable[[SessionDir], None] | None,
         on_outcome: Callable[[Outcome], None] | None,
+        on_start: Callable[[int], None] | None,
+        summary: DrainSummary | None,
         shard: tuple[int, int] | None = None,
     ) -> DrainSummary:
         started = time.monotonic()
-        summary = DrainSummary()
+        summary = summary if summary is not None else DrainSummary()
         lock = threading.Lock()
+        sessions = [sd for sd in drain_sessions(roots) if in_shard(sd.rec_id, shard)]
+        summary.given = [sd.rec_id for sd in sessions]
+        if on_start is not None:
+            on_start(len(sessions))
 
         def report(o: Outcome) -> None:
             with lock:
+                if self.stop_signal is not None and summary.stopped_by is None:
+                    summary.stopped_by = self.stop_signal
                 summary.add(o)
                 if on_outcome is not None:
                     on_outcome(o)
 
         registrar = _Registrar(self, report)
         try:
-            self._drain_roots(roots, registrar, report, on_session, shard)
+            self._drain_sessions(sessions, registrar, report, on_session, summary)
         finally:
             registrar.close()  # every session whose bytes are in gets registered, even on SIGTERM
         # no compaction or re-index here: daemons only append (`ursa-daemon maintain` does the rest)
+        with lock:
+            if self.stop_signal is not None and summary.stopped_by is None:
+                summary.stopped_by = self.stop_signal
+            summary.account_unfinished()
         summary.elapsed_s = time.monotonic() - started
         return summary
 
-    def _drain_roots(
+    def _drain_sessions(
         self,
-        roots: list[Path],
+        sessions: list[SessionDir],
         registrar: _Registrar,
         report: Callable[[Outcome], None],
         on_session: Callable[[SessionDir], None] | None,
-        shard: tuple[int, int] | None = None,
+        summary: DrainSummary,
     ) -> None:
-        for root in roots:
-            for sd in scan_root(root):
-                if self.stopping.is_set():
-                    break
-                if not in_shard(sd.rec_id, shard):
-                    continue
-                if not sd.has_manifest:
-                    if sd.settled(self.config.watch.settle_seconds):
-                        o = self._reject(
-                            sd.rec_id,
-                            f"{sd.rec_id}: no manifest.json and no _node_manifests/*.json; if the rig "
-                            "will not write one, run `ursa-daemon reconstruct-manifest`",
-                        )
-                        report(o)
-                    continue
-                try:
-                    if on_session is not None:
-                        on_session(sd)
-                    outcome = self.process(sd.path, signature=sd.signature, defer_register=True)
-                except Exception as exc:  # a progress callback's bug: this session alone
-                    outcome = self._boundary(sd.rec_id, exc, rec_dir=sd.path)
-                if outcome.status == "registering":
-                    registrar.submit(outcome)
-                else:
-                    report(outcome)
+        for sd in sessions:
+            if self.stopping.is_set():
+                break  # the rest are not_started
+            if not sd.has_manifest:
+                self.note_incomplete(sd.path)
+                report(Outcome(sd.rec_id, "incomplete", INCOMPLETE_HINT.format(path=sd.path)))
+                continue
+            summary.started.add(sd.rec_id)
+            try:
+                if on_session is not None:
+                    on_session(sd)
+                outcome = self.process(sd.path, signature=sd.signature, defer_register=True)
+            except Exception as exc:  # a progress callback's bug: this session alone
+                outcome = self._boundary(sd.rec_id, exc, rec_dir=sd.path)
+            if outcome.status == "registering":
+                registrar.submit(outcome)
+            else:
+                report(outcome)
+
+    def note_incomplete(self, rec_dir: Path) -> None:
+        """A session with no manifest yet is ``discovered`` (never ``rejected``): it may still be recorded."""
+        rec_id = rec_dir.name
+        prior = self.state.session(rec_id)
+        if prior is None:
+            self.note_discovered(rec_dir)
+        elif prior.state is SessionState.REJECTED:
+            self.state.set_state(rec_id, SessionState.DISCOVERED)
+        log.info("session.incomplete", rec_id=rec_id, error="no manifest yet")
 
     # -- run --------------------------------------------------------------
 
@@ -634,6 +729,108 @@ class _Registrar:
                 self.report(o)
 
 
+class LiveProgress:
+    """What ``status`` shows of one session while it moves, written to the state DB.
+
+    Hashing: files and bytes hashed. Uploading: files decided (uploaded or
+    skipped) plus, for the files in flight, what earlier attempts kept (confirmed
+    multipart parts, the local profile's partial copy) and what this attempt sent.
+    Writes are throttled to one per ``DEFAULT_PROGRESS_WRITE_S`` (a file done
+    always writes); when paused, only what the store kept is counted.
+    """
+
+    def __init__(
+        self,
+        state: StateDB,
+        rec_id: str,
+        files_total: int,
+        bytes_total: int,
+        on_change: Callable[[str, str, int, int], None] | None = None,
+    ) -> None:
+        """``on_change(rec_id, phase, bytes_done, bytes_total)`` is told of every change, unthrottled."""
+        self.state = state
+        self.on_change = on_change
+        self.phase = "hashing"
+        self.rec_id = rec_id
+        self.files_total = files_total
+        self.bytes_total = bytes_total
+        self.files_done = 0
+        self.bytes_base = 0
+        self.in_flight: dict[str, int] = {}
+        self.kept: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._last_write = 0.0
+
+    def _bytes(self) -> int:
+        flight = sum(self.in_flight.values()) + sum(self.kept.values())
+        return min(self.bytes_total, self.bytes_base + flight)
+
+    def _write(self, *, force: bool = False) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(self.rec_id, self.phase, self._bytes(), self.bytes_total)
+            except Exception as exc:  # a broken display must not stop the upload
+                log.warning("session.progress_callback_failed", rec_id=self.rec_id, error=repr(exc))
+                self.on_change = None
+        now = time.monotonic()
+        if not force and now - self._last_write < DEFAULT_PROGRESS_WRITE_S:
+            return
+        self._last_write = now
+        try:
+            self.state.set_progress(
+                self.rec_id, files_done=self.files_done, files_total=self.files_total,
+                bytes_done=self._bytes(), bytes_total=self.bytes_total,
+            )
+        except UrsaError as exc:  # progress is informative: a failed write must not stop the upload
+            log.warning("session.progress_write_failed", rec_id=self.rec_id, error=str(exc))
+
+    def begin(self) -> None:
+        with self._lock:
+            self._write(force=True)
+        self.state.start_moving(self.rec_id, bytes_from=0)
+
+    def hashed(self, n: int) -> None:
+        with self._lock:
+            self.bytes_base += n
+            self._write()
+
+    def file_hashed(self, _rel_path: str) -> None:
+        with self._lock:
+            self.files_done += 1
+            self._write()
+
+    def uploading(self, parts: list[Any]) -> None:
+        """Hashing is over: count again from the files decided, plus the parts kept by earlier attempts."""
+        with self._lock:
+            self.phase = "uploading"
+            self.files_done = self.bytes_base = 0
+            self.kept = {p.rel_path: p.bytes_done for p in parts}
+            self._write(force=True)
+            start = self._bytes()
+        self.state.start_moving(self.rec_id, bytes_from=start)
+
+    def sent(self, rel_path: str, n: int) -> None:
+        """``n`` more bytes of ``rel_path`` went out (or, on the local profile, were found kept)."""
+        with self._lock:
+            self.in_flight[rel_path] = self.in_flight.get(rel_path, 0) + n
+            self._write()
+
+    def file_done(self, p: UploadProgress) -> None:
+        with self._lock:
+            self.files_done = p.files_done
+            self.bytes_base = p.bytes_processed
+            self.in_flight.pop(p.current_file, None)
+            self.kept.pop(p.current_file, None)
+            self._write(force=True)
+
+    def paused(self, parts: list[Any], kept: dict[str, int]) -> None:
+        """Stopped: what the store keeps is the truth (bytes in flight were lost)."""
+        with self._lock:
+            self.in_flight = {}
+            self.kept = {**{p.rel_path: p.bytes_done for p in parts}, **kept}
+            self._write(force=True)
+
+
 def in_upload_window(windows: list[str], now: datetime | None = None) -> bool:
     """True when no windows are configured, or local time is inside one ``HH:MM-HH:MM``
     (a window may wrap midnight: ``19:00-07:00``)."""
@@ -674,11 +871,38 @@ def _mtime_ns(path: Path) -> int:
         return 0
 
 
-def install_stop_handlers(stop: threading.Event) -> None:
-    """SIGTERM/SIGINT set ``stop``; the streams see it before their next chunk."""
+def drain_sessions(roots: list[Path]) -> list[SessionDir]:
+    """Every ``rec_*`` session under ``roots``, each once (a root may also be named inside another)."""
+    seen: set[Path] = set()
+    out = []
+    for root in roots:
+        for sd in scan_root(root):
+            if sd.path not in seen:
+                seen.add(sd.path)
+                out.append(sd)
+    return out
+
+
+def install_stop_handlers(
+    stop: threading.Event,
+    *,
+    daemon: Daemon | None = None,
+    on_second: Callable[[str], None] | None = None,
+) -> None:
+    """SIGTERM/SIGINT set ``stop``; the streams see it before their next chunk.
+
+    The first signal's name goes to ``daemon.stop_signal``. A second signal calls
+    ``on_second(name)`` (``drain``: report and exit at once), if given.
+    """
 
     def handler(signum: int, _frame: Any) -> None:
-        log.info("daemon.stopping", signal=signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stop.is_set() and on_second is not None:
+            on_second(name)
+            return
+        log.info("daemon.stopping", signal=name)
+        if daemon is not None and daemon.stop_signal is None:
+            daemon.stop_signal = name
         stop.set()
 
     signal.signal(signal.SIGTERM, handler)

@@ -29,6 +29,7 @@ from typing import Any
 
 __all__ = [
     "CatalogError",
+    "CatalogPermissionError",
     "CatalogRowExists",
     "ConfigError",
     "CredentialError",
@@ -98,6 +99,23 @@ class UploadGone(StoreError):
 
 class CatalogError(UrsaError):
     """The catalog could not be read or written."""
+
+
+class CatalogPermissionError(CatalogError, PermissionError):
+    """The store refused a catalog read or write: the role's key lacks the permission.
+
+    Its message names the role and the fix, never the storage engine's text.
+    """
+
+    def __init__(self, action: str, role: str) -> None:
+        self.role = role
+        need = "read and write" if role.endswith("_rw") else "read"
+        super().__init__(
+            f"{action}: the store refused it (403 Forbidden: access denied to the assets bucket for role "
+            f"{role!r}{', a read-only key?' if role.endswith('_rw') else ''}). Give role {role!r} a key with "
+            f"{need} access to the assets bucket (profiles.<profile>.credentials.{role} in the config), "
+            "then run `ursa-daemon check-config`"
+        )
 
 
 class CatalogRowExists(CatalogError):

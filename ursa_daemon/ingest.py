@@ -13,7 +13,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -51,6 +51,8 @@ from ursa_daemon.uploader import (
     UploadLimits,
     abort_orphan_uploads,
     abort_uploads,
+    discard_partials,
+    kept_partials,
     upload_files,
 )
 
@@ -114,6 +116,8 @@ class IngestResult:
     files_skipped: int
     bytes_uploaded: int
     pending: SessionRows | None = None
+    #: when paused on the local profile: rel_path → bytes its partial copy kept
+    kept_bytes: dict[str, int] = field(default_factory=dict)
 
 
 def ingest(
@@ -129,6 +133,7 @@ def ingest(
     known_hashes: dict[str, str] | None = None,
     defer_register: bool = False,
     journal: UploadJournal | None = None,
+    on_file_bytes: Callable[[str, int], None] | None = None,
 ) -> IngestResult:
     """Upload a session's files to the raw bucket and register its catalog rows.
 
@@ -141,7 +146,8 @@ def ingest(
     ``pending``, for a caller that registers many sessions at once.
     ``journal`` (the daemon's ``StateDB``) keeps multipart uploads and their
     confirmed parts, so a paused or killed upload continues with the missing
-    parts; without it a paused multipart upload is aborted.
+    parts; without it a paused multipart upload is aborted. ``on_file_bytes(rel_path, n)``
+    is told of bytes as they are sent (from worker threads).
     """
     should_stop = is_active or (lambda: False)
     session = load_session(Path(rec_dir))
@@ -179,18 +185,23 @@ def ingest(
             limiter=limiter or RateLimiter(limits.bandwidth_bytes_per_s),
             on_done=tracker.file_done,
             journal=journal,
+            on_file_bytes=on_file_bytes,
         )
     except InputError:  # a file changed: this session's uploads will not be completed as they are
         if journal is not None:
             abort_uploads(raw, journal, journal.multipart_uploads(rec_id))
+        discard_partials(raw, rec_id)
         raise
     if done and journal is not None:  # every file is in: what the journal still holds is left over
         abort_uploads(raw, journal, journal.multipart_uploads(rec_id))
     if done:  # and what no journal holds (a lost state database, a process that died mid-upload)
         abort_orphan_uploads(raw, rec_id, journal)
+        discard_partials(raw, rec_id)
     if not done or should_stop():
         log.info("session.paused", rec_id=rec_id, recording_hash=rh, bytes_done=tracker.bytes_uploaded)
-        return tracker.result(paused=True, recording=None)
+        paused = tracker.result(paused=True, recording=None)
+        paused.kept_bytes.update(kept_partials(raw, rec_id, todo))
+        return paused
     if name is not None:
         put_small(raw, rel_key(rec_id, PARTICIPANT_NAME), (name + "\n").encode("utf-8"), "text/plain")
     if session.node_manifests:

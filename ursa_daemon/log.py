@@ -24,7 +24,16 @@ from collections.abc import MutableMapping
 from types import ModuleType
 from typing import Any, TextIO
 
-__all__ = ["byte_progress", "get_logger", "library_logging", "register_secret", "scrub", "setup_logging"]
+__all__ = [
+    "byte_progress",
+    "drain_progress",
+    "get_logger",
+    "human_bytes",
+    "library_logging",
+    "register_secret",
+    "scrub",
+    "setup_logging",
+]
 
 _SECRETS: set[str] = set()
 _SECRETS_LOCK = threading.Lock()
@@ -94,8 +103,13 @@ def setup_logging(*, json: bool | None = None, level: str | None = None, stream:
     stream = stream or sys.stdout
     if json is None:
         json = not stream.isatty()
+    out: TextIO | _LateStream = stream
+    if stream is sys.stdout or stream is sys.stderr:
+        # looked up at each write: while a progress display redirects the terminal's stream,
+        # log lines scroll above its bars instead of tearing them
+        out = _LateStream("stdout" if stream is sys.stdout else "stderr")
     level_name = (level or os.environ.get("URSA_LOG_LEVEL") or "INFO").upper()
-    handler = logging.StreamHandler(stream)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(_LazyFormatter(json, stream))
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -211,19 +225,123 @@ def library_logging() -> None:
     )
 
 
+#: the consoles of the progress displays on screen: log lines for a terminal go above their bars
+_LIVE: list[Any] = []
+_LIVE_LOCK = threading.Lock()
+
+
+class _LateStream:
+    """``sys.stdout`` or ``sys.stderr`` as it is at each write.
+
+    While progress bars are on a terminal, a line for a terminal is printed by
+    their console instead: above the bars, whole, never interleaved with them.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def _stream(self) -> TextIO:
+        stream: TextIO = getattr(sys, self.name)
+        return stream
+
+    def write(self, text: str) -> int:
+        with _LIVE_LOCK:
+            console = _LIVE[-1] if _LIVE else None
+        if console is not None and self._stream().isatty():
+            from rich.text import Text
+
+            console.print(Text(text.rstrip("\n")), soft_wrap=True, highlight=False)
+            return len(text)
+        return self._stream().write(text)
+
+    def flush(self) -> None:
+        self._stream().flush()
+
+    def isatty(self) -> bool:
+        return self._stream().isatty()
+
+
+def human_bytes(n: float) -> str:
+    """``1.5 MiB``: binary units, three significant digits."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            if unit == "B":
+                return f"{int(value)} B"
+            return f"{value:.3g} {unit}" if value < 1000 else f"{value:.0f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _progress(console: Any, columns: list[Any], transient: bool, *, expand: bool = False) -> Any:
+    from rich.progress import Progress
+
+    class Bars(Progress):
+        """Bars in one region at the bottom of the terminal; log lines scroll above them."""
+
+        def __enter__(self) -> Bars:
+            super().__enter__()
+            if not self.disable:
+                with _LIVE_LOCK:
+                    _LIVE.append(self.console)
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            with _LIVE_LOCK:
+                if self.console in _LIVE:
+                    _LIVE.remove(self.console)
+            super().__exit__(*exc)
+
+    return Bars(
+        *columns,
+        console=console,
+        disable=not console.is_terminal,  # no bars without a terminal
+        transient=transient,
+        expand=expand,
+        redirect_stdout=False,  # log lines go through _LateStream; nothing else is printed meanwhile
+        redirect_stderr=False,
+    )
+
+
 def byte_progress(console: Any, *, transient: bool = False) -> Any:
     """A rich bar for a byte count on ``console``; disabled when it is not a terminal."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    return Progress(
+    columns = [
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(),
+        DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
-        console=console,
-        disable=not console.is_terminal,
-        transient=transient,
-    )
+        TimeRemainingColumn(),
+    ]
+    return _progress(console, columns, transient)
+
+
+def drain_progress(console: Any) -> Any:
+    """``drain``'s bars: sessions done of found, and the current session's bytes."""
+    from rich.progress import BarColumn, ProgressColumn, Task, TextColumn
+    from rich.table import Column
+    from rich.text import Text
+
+    class Amount(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            if task.fields.get("unit") == "sessions":
+                total = "?" if task.total is None else str(int(task.total))
+                return Text(f"{int(task.completed)}/{total} sessions")
+            done = human_bytes(task.completed)
+            total = "?" if task.total is None else human_bytes(task.total)
+            speed = task.finished_speed or task.speed
+            rate = f"  {human_bytes(speed)}/s" if speed else ""
+            left = task.time_remaining
+            eta = f" {int(left) // 60}:{int(left) % 60:02d} left" if left is not None and speed else ""
+            return Text(f"{done}/{total}{rate}{eta}")
+
+    columns = [
+        TextColumn("{task.description}", table_column=Column(no_wrap=True)),
+        BarColumn(bar_width=None),
+        Amount(table_column=Column(no_wrap=True)),
+    ]
+    return _progress(console, columns, False, expand=True)
 
 
 def get_logger(name: str) -> Any:

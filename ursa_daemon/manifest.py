@@ -31,6 +31,7 @@ __all__ = [
     "PARTICIPANT_NAME",
     "REC_ID_RE",
     "FileEntry",
+    "HashingStopped",
     "Session",
     "augment",
     "check_rel_path",
@@ -242,19 +243,37 @@ def _symlink_error(rec_id: str, rel: str) -> None:
     )
 
 
-def hash_file(path: Path, *, chunk_size: int = HASH_CHUNK_SIZE) -> tuple[str, int]:
-    """Streamed sha256 and byte count of one file; memory stays at one chunk."""
+class HashingStopped(Exception):
+    """``should_stop`` turned true while files were being hashed: control flow, not a failure."""
+
+
+def hash_file(
+    path: Path,
+    *,
+    chunk_size: int = HASH_CHUNK_SIZE,
+    on_bytes: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[str, int]:
+    """Streamed sha256 and byte count of one file; memory stays at one chunk.
+
+    ``on_bytes`` is told each chunk's size; ``should_stop`` is asked before each
+    chunk and raises :class:`HashingStopped` when it says so.
+    """
     h = hashlib.sha256()
     n = 0
     buf = bytearray(chunk_size)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
         while True:
+            if should_stop is not None and should_stop():
+                raise HashingStopped(str(path))
             got = f.readinto(buf)
             if not got:
                 break
             h.update(view[:got])
             n += got
+            if on_bytes is not None:
+                on_bytes(got)
     return h.hexdigest(), n
 
 
@@ -264,11 +283,17 @@ def hash_files(
     *,
     max_workers: int | None = None,
     known: Mapping[str, str] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    on_file: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[FileEntry]:
     """Hash files in parallel (hashlib releases the GIL); sizes are re-checked.
 
     ``known`` maps rel_path → sha256 already trusted (the caller vouches that
-    the file has not changed); those files are not read again.
+    the file has not changed); those files are not read again (``on_bytes`` is
+    told their size at once). ``on_bytes`` and ``on_file`` (a file's rel_path once
+    it is hashed) may be called from several threads.
+    ``should_stop`` stops the hashing with :class:`HashingStopped`.
     """
     entries = list(entries)
     known = known or {}
@@ -277,9 +302,13 @@ def hash_files(
 
     def one(e: FileEntry) -> FileEntry:
         if e.rel_path in known:
+            if on_bytes is not None:
+                on_bytes(e.size)
+            if on_file is not None:
+                on_file(e.rel_path)
             return FileEntry(e.rel_path, e.size, known[e.rel_path])
         try:
-            digest, n = hash_file(rec_dir / e.rel_path)
+            digest, n = hash_file(rec_dir / e.rel_path, on_bytes=on_bytes, should_stop=should_stop)
         except FileNotFoundError:
             raise InputError(
                 f"{rec_id}: {e.rel_path} vanished while it was being hashed; "
@@ -294,6 +323,8 @@ def hash_files(
                 rec_id=rec_id,
                 file=e.rel_path,
             )
+        if on_file is not None:
+            on_file(e.rel_path)
         return FileEntry(e.rel_path, n, digest)
 
     if len(entries) <= 1:

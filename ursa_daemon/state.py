@@ -113,6 +113,11 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (upload_id, number)
     ) WITHOUT ROWID;
     """,
+    # 3: where the current phase (hashing, uploading) started, for the rate and ETA in status
+    """
+    ALTER TABLE sessions ADD COLUMN moving_since REAL;
+    ALTER TABLE sessions ADD COLUMN moving_from INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 
@@ -131,6 +136,24 @@ class SessionRecord:
     bytes_total: int
     bytes_done: int
     updated_at: float
+    #: when the current hashing or uploading phase began (None: not moving), and bytes_done then
+    moving_since: float | None = None
+    moving_from: int = 0
+
+    @property
+    def rate(self) -> float | None:
+        """Bytes per second of the current phase, from its start to the last progress write."""
+        if self.moving_since is None or self.state not in (SessionState.HASHING, SessionState.UPLOADING):
+            return None
+        elapsed = self.updated_at - self.moving_since
+        moved = self.bytes_done - self.moving_from
+        return moved / elapsed if elapsed > 0.5 and moved > 0 else None
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the current rate."""
+        rate = self.rate
+        return None if rate is None else max(0, self.bytes_total - self.bytes_done) / rate
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -144,6 +167,8 @@ class SessionRecord:
             "attempts": self.attempts,
             "last_error": self.last_error,
             "next_attempt_at": self.next_attempt_at,
+            "rate_bytes_per_s": None if self.rate is None else round(self.rate),
+            "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
         }
 
 
@@ -416,6 +441,12 @@ class StateDB:
                 (files_done, files_total, bytes_done, bytes_total, time.time(), rec_id),
             )
 
+    def start_moving(self, rec_id: str, *, bytes_from: int) -> None:
+        """A hashing or uploading phase begins now, at ``bytes_from`` (rate and ETA count from here)."""
+        with self._tx() as c:
+            c.execute("UPDATE sessions SET moving_since = ?, moving_from = ? WHERE rec_id = ?",
+                      (time.time(), bytes_from, rec_id))
+
     def forget(self, rec_id: str) -> None:
         with self._tx() as c:
             c.execute("DELETE FROM sessions WHERE rec_id = ?", (rec_id,))
@@ -561,4 +592,6 @@ def _session(r: sqlite3.Row) -> SessionRecord:
         bytes_total=r["bytes_total"],
         bytes_done=r["bytes_done"],
         updated_at=r["updated_at"],
+        moving_since=r["moving_since"],
+        moving_from=r["moving_from"],
     )

@@ -52,6 +52,7 @@ from ursa_daemon.errors import InputError, ObjectMismatch, StoreError, Transient
 from ursa_daemon.log import get_logger
 from ursa_daemon.manifest import FileEntry, rel_key
 from ursa_daemon.state import MultipartRecord, PartRecord
+from ursa_daemon.store._common import check_key
 from ursa_daemon.store.base import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_CONCURRENCY,
@@ -61,6 +62,7 @@ from ursa_daemon.store.base import (
     PartInfo,
     Store,
 )
+from ursa_daemon.store.local import LocalStore
 
 __all__ = [
     "CancellableFile",
@@ -72,6 +74,8 @@ __all__ = [
     "UploadLimits",
     "abort_orphan_uploads",
     "abort_uploads",
+    "discard_partials",
+    "kept_partials",
     "upload_files",
 ]
 
@@ -90,6 +94,10 @@ DEFAULT_PART_ATTEMPTS = 5
 DEFAULT_BACKOFF_S = 0.5
 DEFAULT_BACKOFF_CAP_S = 15.0
 _HASH_READ = 1 << 20
+#: the local profile keeps a paused copy here, under the raw directory (outside ``recordings/``)
+PARTIAL_DIR = ".ursa-partial"
+#: bytes per slice of a local copy without a bandwidth cap (a pause acts between two slices)
+DEFAULT_LOCAL_SLICE_SIZE = 4 << 20
 
 
 class UploadInterrupted(Exception):
@@ -723,9 +731,13 @@ def upload_files(
     on_done: Callable[[FileUpload], None],
     on_bytes: Callable[[int], None] | None = None,
     journal: UploadJournal | None = None,
+    on_file_bytes: Callable[[str, int], None] | None = None,
 ) -> bool:
     """Upload ``files`` concurrently; return False when stopped (paused), True when all done.
 
+    ``on_bytes(n)``/``on_file_bytes(rel_path, n)`` are told of bytes as they are
+    sent (from worker threads); on the local profile, a resumed copy reports the
+    bytes it kept from an earlier attempt at once.
     ``on_done`` runs on the calling thread after each file, in completion order.
     The first error other than a pause cancels the remaining streams and is raised.
     ``journal`` keeps multipart uploads across attempts; without one, a paused
@@ -734,6 +746,7 @@ def upload_files(
     cancel = threading.Event()
     finished = threading.Event()
     parts = isinstance(store, MultipartStore)
+    on_bytes_all = on_bytes
     wire = _Wire()
 
     def watch() -> None:
@@ -753,7 +766,10 @@ def upload_files(
     def one(entry: FileEntry) -> FileUpload:
         key = rel_key(rec_id, entry.rel_path)
         path = rec_dir / entry.rel_path
-        if parts and entry.size > limits.small_put_max:
+        on_bytes = _per_file(entry.rel_path, on_bytes_all, on_file_bytes)
+        if isinstance(store, LocalStore):
+            _copy_local(store, key, path, entry, rec_id, should_stop, cancel, limiter, limits, on_bytes)
+        elif parts and entry.size > limits.small_put_max:
             assert isinstance(store, MultipartStore)
             job = _Job(store, key, path, entry, rec_id, limits, cancel, limiter, journal, on_bytes, wire)
             if entry.size > limits.part_size:
@@ -802,6 +818,158 @@ def upload_files(
     if error is not None:
         raise error
     return not (interrupted or cancel.is_set())
+
+
+def _per_file(
+    rel_path: str, on_bytes: Callable[[int], None] | None, on_file_bytes: Callable[[str, int], None] | None
+) -> Callable[[int], None] | None:
+    if on_file_bytes is None:
+        return on_bytes
+    if on_bytes is None:
+        return lambda n: on_file_bytes(rel_path, n)
+
+    def both(n: int) -> None:
+        on_bytes(n)
+        on_file_bytes(rel_path, n)
+
+    return both
+
+
+def _partial(store: LocalStore, rec_id: str, entry: FileEntry) -> Path:
+    """The local profile's partial copy of ``entry``: named by its sha256, so it is only ever
+    continued with the same bytes."""
+    return Path(store.directory, PARTIAL_DIR, rec_id, f"{entry.rel_path}.{entry.sha256}")
+
+
+def kept_partials(store: Store, rec_id: str, files: list[FileEntry]) -> dict[str, int]:
+    """rel_path → bytes a paused local copy kept (the local profile; empty elsewhere)."""
+    if not isinstance(store, LocalStore):
+        return {}
+    out = {}
+    for entry in files:
+        with contextlib.suppress(OSError):
+            out[entry.rel_path] = _partial(store, rec_id, entry).stat().st_size
+    return out
+
+
+def discard_partials(store: Store, rec_id: str) -> None:
+    """Drop the partial copies of ``rec_id`` (every file is in, or the session was rejected)."""
+    if isinstance(store, LocalStore):
+        import shutil
+
+        shutil.rmtree(Path(store.directory, PARTIAL_DIR, rec_id), ignore_errors=True)
+
+
+def _copy_local(
+    store: LocalStore,
+    key: str,
+    path: Path,
+    entry: FileEntry,
+    rec_id: str,
+    should_stop: Callable[[], bool],
+    cancel: threading.Event,
+    limiter: RateLimiter,
+    limits: UploadLimits,
+    on_bytes: Callable[[int], None] | None,
+) -> None:
+    """The local profile: copy into a partial file that a pause keeps, then rename it into place.
+
+    The copy goes in slices (``pread``/``pwrite`` of one buffer), each taken from
+    the rate limiter, with a pause checked between two; the next attempt hashes
+    the kept prefix (a read, no write) and continues after it. The bytes are
+    hashed as they go: a copy whose sha256 is not the file's is never renamed
+    into place (a kept prefix that turns out stale is dropped and the copy
+    starts again once).
+    """
+    check_key(key)
+    dest = Path(store.directory, key)
+    part = _partial(store, rec_id, entry)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        src = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise _changed(rec_id, entry, "vanished before it was uploaded") from None
+    try:
+        size = os.fstat(src).st_size
+        if size != entry.size:
+            raise _changed(rec_id, entry, f"is now {size} bytes (hashed at {entry.size})")
+        for fresh in (False, True):
+            dst = os.open(part, os.O_RDWR | os.O_CREAT | (os.O_TRUNC if fresh else 0), 0o644)
+            try:
+                digest, kept = _copy_slices(
+                    src, dst, entry, should_stop, cancel, limiter, limits, on_bytes, rec_id, key
+                )
+            finally:
+                os.close(dst)
+            if digest == entry.sha256:
+                break
+            if fresh or not kept:
+                part.unlink(missing_ok=True)
+                raise _changed(rec_id, entry, "bytes changed since it was hashed")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, dest)
+    finally:
+        os.close(src)
+
+
+def _copy_slices(
+    src: int,
+    dst: int,
+    entry: FileEntry,
+    should_stop: Callable[[], bool],
+    cancel: threading.Event,
+    limiter: RateLimiter,
+    limits: UploadLimits,
+    on_bytes: Callable[[int], None] | None,
+    rec_id: str,
+    key: str,
+) -> tuple[str, int]:
+    """Continue the copy of ``src`` into ``dst`` after what ``dst`` holds: (sha256 of the whole,
+    bytes kept from before)."""
+    h = hashlib.sha256()
+    size = entry.size
+    have = os.fstat(dst).st_size
+    if have > size:
+        os.ftruncate(dst, 0)
+        have = 0
+    slice_size = limits.slice_size if limiter.rate else DEFAULT_LOCAL_SLICE_SIZE
+    buf = bytearray(max(slice_size, _HASH_READ))
+    view = memoryview(buf)
+    pos = 0
+    kept = have
+    while pos < have:  # the kept prefix: hashed, not copied again
+        if cancel.is_set():
+            raise UploadInterrupted(entry.rel_path)
+        got = os.preadv(dst, [view[: min(len(buf), have - pos)]], pos)
+        if got <= 0:
+            break
+        h.update(view[:got])
+        pos += got
+    if pos:
+        log.info("upload.local_resumed", rec_id=rec_id, key=key, bytes_done=pos, bytes_total=size)
+        if on_bytes is not None:
+            on_bytes(pos)
+    os.ftruncate(dst, pos)
+    while pos < size:
+        if cancel.is_set() or should_stop():
+            cancel.set()
+            raise UploadInterrupted(entry.rel_path)
+        want = min(slice_size, size - pos)
+        if not limiter.acquire(want, cancel):
+            raise UploadInterrupted(entry.rel_path)
+        got = os.preadv(src, [view[:want]], pos)
+        if got < want:
+            raise _changed(rec_id, entry, f"shrank below {size} bytes")
+        h.update(view[:got])
+        written = 0
+        while written < got:
+            written += os.pwrite(dst, view[written:got], pos + written)
+        pos += got
+        if on_bytes is not None:
+            on_bytes(got)
+    if os.pread(src, 1, size):
+        raise _changed(rec_id, entry, f"grew past {size} bytes")
+    return h.hexdigest(), kept
 
 
 def _put_chunks(
