@@ -185,3 +185,24 @@ def test_secret_in_config_value_is_not_echoed(tmp_path: Path) -> None:
         load_config(write(tmp_path, doc))
     assert "upload.part_size_bytes" in str(info.value)
     assert SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "words"),
+    [
+        (lambda d: d["profiles"]["local"].update(kind="lokal"), "profiles.local.kind: unknown profile kind 'lokal'"),
+        (lambda d: d["profiles"]["local"].pop("kind"), "missing required key 'profiles.local.kind'"),
+        (lambda d: d.update(profiles=["local"]), "profiles: must be a mapping of keys"),
+        (lambda d: d["profiles"].update(local=5), "profiles.local: must be a mapping of keys"),
+        (lambda d: d.update(upload={"max_concurrent_files": "x"}), "upload.max_concurrent_files: must be"),
+    ],
+)
+def test_config_errors_are_in_plain_words_never_validator_internals(tmp_path: Path, mutate, words: str) -> None:  # type: ignore[no-untyped-def]
+    doc = base(tmp_path)
+    mutate(doc)
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, doc))
+    text = str(err.value)
+    assert words in text, text
+    for internal in ("<top level>", "Input tag", "discriminator", "Input should", "found using", "union_tag"):
+        assert internal not in text, text

@@ -128,7 +128,7 @@ def test_flag_file_pauses_an_upload_in_flight_and_it_resumes(daemon_env: Path, t
         assert st["sessions"][0]["state"] == "paused"
         (tmp_path / "recording.flag").unlink()
         assert wait_for(lambda: registered(daemon_env, rec.name), timeout=60), log.read_text()
-        assert '"session.resumed"' in log.read_text()
+        assert '"daemon.resumed"' in log.read_text()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)

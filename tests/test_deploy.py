@@ -455,4 +455,8 @@ def test_metrics_endpoint_moves_during_a_drain(tmp_path: Path) -> None:
     assert registered[-1]['ursa_sessions{state="registered"}'] >= 1
     assert registered[-1]["ursa_last_registration_timestamp_seconds"] > time.time() - 120
     assert registered[-1]["ursa_session_upload_seconds_count"] >= 1
+    # one series per metric: no `_created` twin; session outcomes all named ursa_sessions_<outcome>_total
+    assert not [k for s in samples for k in s if "_created" in k]
+    outcomes = {k for k in samples[-1] if k.startswith("ursa_session") and k.endswith("_total")}
+    assert outcomes == {f"ursa_sessions_{o}_total" for o in ("registered", "rejected", "paused", "failed")}
     assert scrape(url) is None  # the endpoint is gone with the drain

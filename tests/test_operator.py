@@ -355,3 +355,61 @@ def test_a_catalog_write_refused_by_the_store_is_a_permission_error_naming_role_
             assert raw_text not in error and raw_text not in proc.stderr, proc.stderr
     finally:
         proxy.close()
+
+
+def _emitted_events() -> dict[str, set[str]]:
+    """Every dotted event name ``ursa_daemon`` logs, with the keys it passes (read from the source)."""
+    import ast
+
+    import ursa_daemon
+
+    levels = {"debug", "info", "warning", "error", "exception", "critical"}
+
+    def is_log(func: ast.expr) -> bool:
+        if isinstance(func, ast.IfExp):
+            return is_log(func.body) and is_log(func.orelse)
+        return isinstance(func, ast.Attribute) and func.attr in levels
+
+    def names(arg: ast.expr) -> list[str]:
+        if isinstance(arg, ast.IfExp):
+            return names(arg.body) + names(arg.orelse)
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            return [arg.value]
+        return []
+
+    out: dict[str, set[str]] = {}
+    for path in Path(ursa_daemon.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and is_log(node.func) and node.args:
+                keys = {k.arg for k in node.keywords if k.arg and k.arg not in ("exc_info", "extra", "stack_info")}
+                for name in names(node.args[0]):
+                    if "." in name and " " not in name:
+                        out.setdefault(name, set()).update(keys)
+    return out
+
+
+def test_every_event_is_in_the_readme_with_its_keys_and_session_events_carry_rec_id() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    rows = {}
+    for line in readme.splitlines():
+        if line.startswith("| `"):
+            cells = line.split("|")
+            for name in cells[1].replace("`", "").split(","):
+                rows[name.strip()] = cells[2]
+    events = _emitted_events()
+    assert len(events) > 40
+    for name, keys in sorted(events.items()):
+        assert name in rows, f"{name} is not in the README's event table"
+        missing = [k for k in keys if f"`{k}`" not in rows[name]]
+        assert not missing, f"{name}: keys {missing} not in the README"
+        if name.startswith(("session.", "upload.")) and name not in ("upload.swept", "upload.sweep_failed"):
+            assert "rec_id" in keys, f"{name} does not carry rec_id"
+
+
+def test_ingest_of_a_missing_path_exits_2_saying_it_does_not_exist(tmp_path: Path) -> None:
+    config = write_config(tmp_path, local_config_dict(tmp_path))
+    missing = tmp_path / "recordings" / "rec_20260301_000001_abcd"
+    proc = cli(config, "ingest", str(missing))
+    assert proc.returncode == 2 and f"{missing} does not exist" in proc.stderr, proc.stderr
+    proc = cli(config, "ingest", "--json", str(missing))
+    assert proc.returncode == 2 and "does not exist" in json.loads(proc.stdout)["error"]

@@ -430,7 +430,8 @@ class Daemon:
         try:
             results = register_many(self.data, [o.pending for o in batch if o.pending is not None])
         except Exception as exc:  # the catalog itself is unreachable: retry them all later
-            log.debug("session.error", error=_one_line(exc), exc_info=exc)
+            log.debug("daemon.register_batch_failed", sessions=[o.rec_id for o in batch], error=_one_line(exc),
+                      exc_info=exc)
             return [self._boundary(o.rec_id, exc) for o in batch]
         out = []
         for o, res in zip(batch, results, strict=True):

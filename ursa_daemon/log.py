@@ -104,9 +104,8 @@ def setup_logging(*, json: bool | None = None, level: str | None = None, stream:
     if json is None:
         json = not stream.isatty()
     out: TextIO | _LateStream = stream
-    if stream is sys.stdout or stream is sys.stderr:
-        # looked up at each write: while a progress display redirects the terminal's stream,
-        # log lines scroll above its bars instead of tearing them
+    if (stream is sys.stdout or stream is sys.stderr) and stream.isatty():
+        # on a terminal, lines go above the progress bars shown meanwhile instead of tearing them
         out = _LateStream("stdout" if stream is sys.stdout else "stderr")
     level_name = (level or os.environ.get("URSA_LOG_LEVEL") or "INFO").upper()
     handler = logging.StreamHandler(out)

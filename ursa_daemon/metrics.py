@@ -23,14 +23,18 @@ Metrics (counters and gauges that move during uploads change as each file comple
   else of the last session that moved bytes
 - ``ursa_session_upload_seconds`` (histogram): upload start to registered, per registered session
 - ``ursa_sessions_registered_total`` (counter): sessions registered by this process
-- ``ursa_session_pauses_total`` (counter): uploads paused (rig recording, window closed, stop)
-- ``ursa_session_failures_total`` (counter): failed attempts, each retried with backoff
+- ``ursa_sessions_paused_total`` (counter): uploads paused (rig recording, window closed, stop)
+- ``ursa_sessions_failed_total`` (counter): failed attempts, each retried with backoff
 - ``ursa_sessions_rejected_total`` (counter): bad input, not retried until the session changes
 - ``ursa_last_registration_timestamp_seconds`` (gauge): unix time of the last registration
   (taken from the state database at start)
 - ``ursa_oldest_pending_session_age_seconds`` (gauge): now minus the manifest mtime of the oldest
   complete session not yet registered (0: none)
 - ``ursa_rig_recording`` (gauge): 1 while ``run`` sees the rig recording (uploads paused)
+
+Names: ``ursa_sessions_<outcome>_total`` for what happened to sessions, ``ursa_<verb>_<unit>_total``
+for what moved, base units (``_bytes``, ``_seconds``). Counters are exposed without the
+``_created`` series prometheus_client adds by default (a second, confusing series per counter).
 """
 
 from __future__ import annotations
@@ -42,7 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -155,6 +166,7 @@ class Metrics:
     """The daemon's counters and gauges, in a private registry."""
 
     def __init__(self) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series beside each counter
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.bytes_uploaded = Counter(
@@ -177,10 +189,10 @@ class Metrics:
         )
         self.registered = Counter("ursa_sessions_registered", "Sessions registered by this process.", registry=r)
         self.pauses = Counter(
-            "ursa_session_pauses", "Uploads paused (rig recording, upload window closed, stop).", registry=r
+            "ursa_sessions_paused", "Uploads paused (rig recording, upload window closed, stop).", registry=r
         )
         self.failures = Counter(
-            "ursa_session_failures", "Failed session attempts; each is retried with backoff.", registry=r
+            "ursa_sessions_failed", "Failed session attempts; each is retried with backoff.", registry=r
         )
         self.rejected = Counter(
             "ursa_sessions_rejected", "Sessions rejected as bad input (not retried until they change).", registry=r

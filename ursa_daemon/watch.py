@@ -235,7 +235,7 @@ class Runner:
         while not stop.is_set() and self.daemon.should_pause():
             stop.wait(TICK_S)
         if not stop.is_set():
-            log.info("session.resumed")
+            log.info("daemon.resumed")  # the rig is quiet again: uploads go on
 
     def _next_session(self) -> Path | None:
         """The next complete session that needs work, or None."""
