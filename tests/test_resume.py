@@ -155,6 +155,9 @@ def test_pause_then_resume_sends_only_the_missing_parts(  # type: ignore[no-unty
     assert out.returncode == 0, out.stderr
     [session] = json.loads(out.stdout)["sessions"]
     assert session["state"] == "paused"
+    # the session's own numbers stay true while paused: what the server confirmed, not what was in flight
+    assert (session["bytes_done"], session["bytes_total"]) == (done_parts * PART, SIZE)
+    assert (session["files_done"], session["files_total"]) == (0, 1) and session["recording_hash"]
     assert session["parts"] == [
         {
             "rel_path": REL,

@@ -170,16 +170,21 @@ def query(
 
 
 def _print_results(results: list[Any]) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{len(results)} recording(s)")
-    for col in ("rec_id", "recording_hash", "participants", "duration_s", "modalities"):
-        table.add_column(col)
+    # fits 80 columns by wrapping: a rec_id is never cut (the hash is shortened on purpose;
+    # `--json` has it whole)
+    table = Table(title=f"{len(results)} recording(s)", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("rec_id", no_wrap=True, min_width=max((len(r.rec_id) for r in results), default=6))
+    table.add_column("hash", no_wrap=True)
+    for col in ("participants", "duration_s", "modalities"):
+        table.add_column(col, overflow="fold", min_width=len(col))
     for r in results:
         table.add_row(
             r.rec_id,
-            r.recording_hash[:16] + "…",
+            r.recording_hash[:12] + "…",
             ", ".join(r.participant_ids) or "-",
             f"{r.duration_ns / 1e9:.1f}",
             ", ".join(sorted(r.modalities)),
@@ -221,15 +226,27 @@ def ingest(obj: Context, rec_dir: Path, participant: str | None, overwrite: bool
     data = obj.data()
     data.enable_writes(roles=("assets_rw", "raw_rw"))
     console = Console(stderr=True)
+    began = time.monotonic()
     with byte_progress(console) as bar:
         task = bar.add_task(rec_dir.name, total=None)
+        decided = [0]
+        in_flight: dict[str, int] = {}
 
-        def on_progress(p: UploadProgress) -> None:
-            bar.update(task, total=p.bytes_total, completed=p.bytes_processed)
+        def on_progress(p: UploadProgress) -> None:  # a file is done (uploaded or skipped)
+            in_flight.pop(p.current_file, None)
+            decided[0] = p.bytes_processed
+            bar.update(task, total=p.bytes_total, completed=decided[0] + sum(in_flight.values()))
+
+        def on_file_bytes(rel_path: str, n: int) -> None:  # bytes of a file on their way
+            in_flight[rel_path] = in_flight.get(rel_path, 0) + n
+            bar.update(task, completed=decided[0] + sum(in_flight.values()))
 
         pending: NodesPending | None = None
         try:
-            result = run_ingest(data, rec_dir, participant=participant, overwrite=overwrite, progress=on_progress)
+            result = run_ingest(
+                data, rec_dir, participant=participant, overwrite=overwrite, progress=on_progress,
+                on_file_bytes=on_file_bytes,
+            )
         except NodesPending as exc:  # a dual-node half is in; the peer's is not yet: not a failure
             pending = exc
     if pending is not None:
@@ -239,10 +256,12 @@ def ingest(obj: Context, rec_dir: Path, participant: str | None, overwrite: bool
     if as_json:
         _emit_json(summary)
     else:
+        from ursa_daemon.log import human_bytes
+
         click.echo(
             f"{rec_dir.name}: registered {summary['recording_hash']} "
             f"({result.files_uploaded} uploaded, {result.files_skipped} skipped, "
-            f"{result.bytes_uploaded:,} bytes)",
+            f"{human_bytes(result.bytes_uploaded)} in {_human_duration(time.monotonic() - began)})",
             err=True,
         )
 
@@ -261,7 +280,7 @@ def _ingest_waiting(exc: NodesPending, rec_id: str, as_json: bool) -> None:
         return
     click.echo(
         f"{rec_id}: uploaded ({counts['files_uploaded']} uploaded, {counts['files_skipped']} skipped, "
-        f"{counts['bytes_uploaded']:,} bytes); waiting for node(s) {', '.join(exc.missing)}: "
+        f"{_hb(counts['bytes_uploaded'])}); waiting for node(s) {', '.join(exc.missing)}: "
         "it is registered when their half is in (or: register-from-store --allow-partial)",
         err=True,
     )
@@ -448,6 +467,12 @@ def _drain_report(summary: Any, as_json: bool, console: Any, *, aborted: bool = 
         )
 
 
+def _hb(n: float) -> str:
+    from ursa_daemon.log import human_bytes
+
+    return str(human_bytes(n))
+
+
 def _human_duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f}s"
@@ -607,7 +632,7 @@ def download(
     if as_json:
         _emit_json({"files": [str(p) for p in paths], "bytes": done})
     else:
-        click.echo(f"{target}: {len(paths)} file(s), {done:,} bytes in {dest}", err=True)
+        click.echo(f"{target}: {len(paths)} file(s), {_hb(done)} in {dest}", err=True)
 
 
 @cli.command()
@@ -630,7 +655,7 @@ def verify(obj: Context, target: str, deep: bool, as_json: bool) -> None:
         _emit_json({"ok": ok, "recordings": [r.as_json() for r in reports]})
     for r in reports:
         status = "ok" if r.ok else f"{len(r.problems)} problem(s)"
-        summary = f"{r.files_checked} objects, {r.bytes_checked:,} bytes"
+        summary = f"{r.files_checked} objects, {_hb(r.bytes_checked)}"
         click.echo(f"{r.rec_id} ({r.recording_hash[:12]}…): {summary}: {status}", err=True)
         for p in r.problems:
             click.echo(f"  {p}", err=True)
