@@ -24,7 +24,8 @@ SHARED_NAMES = {
 }
 
 _START = re.compile(
-    r"^\s*(import \w|from [\w.]+ import |def \w|for \w|with |if |try:|print\(|[A-Za-z_][\w.]*(\[[^\]]*\])?\s*=[^=]|[A-Za-z_][\w.]*\()"
+    r"^\s*(import \w|from [\w.]+ import |def \w|for \w|with |if |try:|print\("
+    r"|[A-Za-z_][\w.]*(\[[^\]]*\])?\s*=[^=]|[A-Za-z_][\w.]*\()"
 )
 _OPENERS = ("if", "elif", "else", "for", "while", "try", "except", "finally", "with", "def", "class")
 _CLOSERS = ("continue", "break", "return", "pass", "raise")

@@ -122,7 +122,9 @@ def test_profile_and_path(tmp_path: Path, store: Path, monkeypatch: pytest.Monke
     tables = sorted(p.name for p in catalog_dir.iterdir())
     # the seeds' path is the catalog on local disk: its directory opens the same catalog
     assert DataInterface(profile="local", path=catalog_dir).get_participant("p1") is not None
-    for inside in (store / "assets", store / "assets" / "ursa", catalog_dir / "participants.lance", store / "raw" / "x"):
+    inside_paths = (store / "assets", store / "assets" / "ursa", catalog_dir / "participants.lance",
+                    store / "raw" / "x")
+    for inside in inside_paths:
         with pytest.raises(ValueError, match="inside"):
             DataInterface(profile="local", path=inside)
     assert sorted(p.name for p in catalog_dir.iterdir()) == tables  # nothing created inside
@@ -154,7 +156,8 @@ def test_writes_are_gated_and_registers_idempotent(data: DataInterface) -> None:
     assert exc.value.diff == {"metadata": ({"cohort": "a"}, {"cohort": "b"})}
 
     rec = data.register_recording(recording_hash=H1, participant_ids=["p1"], start_time=T0,
-                                  duration=timedelta(minutes=30), metadata={"manifest_recording_id": "rec_20260520_195628_b1dd"})
+                                  duration=timedelta(minutes=30),
+                                  metadata={"manifest_recording_id": "rec_20260520_195628_b1dd"})
     assert rec.rec_id == "rec_20260520_195628_b1dd" and rec.duration == timedelta(minutes=30)
     # the seeds' RecordingRow has no rec_id column: a recording registered without a legacy id
     bare = data.register_recording(recording_hash=H2, participant_ids=[], start_time=T0, duration=timedelta(0))
@@ -163,7 +166,8 @@ def test_writes_are_gated_and_registers_idempotent(data: DataInterface) -> None:
     again = dict(recording_hash=H1, start_time=T0, metadata={"manifest_recording_id": "rec_20260520_195628_b1dd"})
     with pytest.raises(CatalogRowExists, match="duration"):
         data.register_recording(participant_ids=["p1"], duration=timedelta(minutes=45), **again)  # type: ignore[arg-type]
-    longer = data.register_recording(participant_ids=["p1"], duration=timedelta(minutes=45), on_conflict="extend", **again)  # type: ignore[arg-type]
+    longer = data.register_recording(participant_ids=["p1"], duration=timedelta(minutes=45),  # type: ignore[arg-type]
+                                     on_conflict="extend", **again)
     assert longer.duration == timedelta(minutes=45)
     data.register_participant(participant_id="p2", enrolled_at=T0)
     merged = data.register_recording(participant_ids=["p2"], duration=timedelta(minutes=45),
@@ -256,7 +260,8 @@ def test_get_and_concat(tmp_path: Path, data: DataInterface) -> None:
     from harness import write_session
 
     data.enable_writes(roles=("assets_rw", "raw_rw"))
-    one = write_session(tmp_path / "r", "rec_20260520_195628_b1dd", {"eeg/seg_000002.bin": b"2", "eeg/seg_000001.bin": b"1"})
+    one = write_session(tmp_path / "r", "rec_20260520_195628_b1dd",
+                        {"eeg/seg_000002.bin": b"2", "eeg/seg_000001.bin": b"1"})
     two = write_session(tmp_path / "r", "rec_20260521_195628_b1de", {"mic/seg_000001.bin": b"m"})
     for rec in (one, two):
         data.ingest(rec / "manifest.json", source_dir=rec)

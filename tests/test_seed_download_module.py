@@ -19,7 +19,8 @@ from ursa import DataInterface, QueryResult
 DOC = text("download_module.txt")
 R1, R2 = "rec_20260520_195628_b1dd", "rec_20260521_101500_0a1b"
 FILES = {
-    R1: {"eeg_4559/seg_000002.bin": b"e2" * 50, "eeg_4559/seg_000001.bin": b"e1" * 40, "camera_0/a/seg_1.mp4": b"c" * 70},
+    R1: {"eeg_4559/seg_000002.bin": b"e2" * 50, "eeg_4559/seg_000001.bin": b"e1" * 40,
+         "camera_0/a/seg_1.mp4": b"c" * 70},
     R2: {"mic/seg_000001.bin": b"m" * 30},
 }
 

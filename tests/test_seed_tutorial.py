@@ -74,7 +74,8 @@ def site(moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> I
     config.write_text(yaml.safe_dump(doc))
     rng = random.Random(3)
     files = {
-        INGESTED: {f"{w}/seg_{i:06d}.bin": rng.randbytes(9_000) for w in ("eeg_4559", "camera_0", "events") for i in (1, 2)},
+        INGESTED: {f"{w}/seg_{i:06d}.bin": rng.randbytes(9_000)
+                   for w in ("eeg_4559", "camera_0", "events") for i in (1, 2)},
         RAW_ONLY: {"mic/seg_000001.bin": rng.randbytes(7_000), "mic/seg_000002.bin": rng.randbytes(5_000)},
         FAILED: {"mic/seg_000001.bin": rng.randbytes(1_000)},
         EMPTY: {"mic/seg_000001.bin": rng.randbytes(1_000)},
@@ -173,7 +174,8 @@ def test_raw_and_processed_sources(at_site: Site, tmp_path: Path) -> None:
     assert data.query(recording_hash=raw_h) == []  # status="ingested" by default
     [raw_only] = data.query(recording_hash=raw_h, status="raw")
     data.download(raw_only, dest=tmp_path / "raw_only")
-    assert tree(tmp_path / "raw_only") == {f"{raw_h}/mic/{rel.split('/')[1]}": b for rel, b in at_site.files[RAW_ONLY].items()}
+    want = {f"{raw_h}/mic/{rel.split('/')[1]}": b for rel, b in at_site.files[RAW_ONLY].items()}
+    assert tree(tmp_path / "raw_only") == want
     with pytest.raises(ValueError, match="no processed asset"):
         data.download(raw_only, dest=tmp_path / "x", source="processed")
     # the original raw segments of an already-ingested session: keep the default query, source="raw"

@@ -185,7 +185,9 @@ def local_store_root(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def _core_interface(profile: str, path: str | os.PathLike[str] | None, config_path: str | os.PathLike[str] | None) -> _CoreInterface:
+def _core_interface(
+    profile: str, path: str | os.PathLike[str] | None, config_path: str | os.PathLike[str] | None
+) -> _CoreInterface:
     if path is not None:
         if profile != "local":
             raise ValueError(
