@@ -129,6 +129,9 @@ def test_profile_and_path(tmp_path: Path, store: Path, monkeypatch: pytest.Monke
             DataInterface(profile="local", path=inside)
     assert sorted(p.name for p in catalog_dir.iterdir()) == tables  # nothing created inside
     assert not (store / "assets" / "ursa" / "assets").exists()
+    with pytest.raises(ValueError, match="holds the local store"):
+        DataInterface(profile="local", path=tmp_path)  # the directory above the store
+    assert not (tmp_path / "raw").exists()
     with pytest.raises(ValueError, match="only valid with profile='local'"):
         DataInterface(profile="r2", path=store)
     monkeypatch.chdir(tmp_path)  # no config.yaml here or above

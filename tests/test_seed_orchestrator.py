@@ -162,3 +162,12 @@ def test_dual_node_half_is_ingested_normally_and_the_peer_later(data: DataInterf
     assert second.recording is not None and second.recording.recording_hash == first.recording.recording_hash
     [qr] = data.query(rec_id=REC, status="raw")
     assert sorted(qr.modalities) == ["camera", "eeg"]
+
+
+def test_a_blank_participant_is_no_participant(data: DataInterface, tmp_path: Path) -> None:
+    """The runbook reads ``participant.txt`` with ``.strip()``: an empty file gives ``""``."""
+    rec = _session(tmp_path / "nas", participant="   ")
+    participant = (rec / "participant.txt").read_text().strip()
+    res = data.ingest(manifest_path=rec / "manifest.json", source_dir=rec, participant=participant)
+    assert res.recording is not None and res.recording.participant_ids == []
+    assert data.list_participants() == []

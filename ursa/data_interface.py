@@ -160,7 +160,8 @@ def local_store_root(path: str | os.PathLike[str]) -> Path:
     ``path`` is a store root, or the active catalog directory of one
     (``<root>/assets/ursa/catalog/<name>``), or a directory in no store and no
     catalog (a new store is started there). Anything inside an existing store or
-    LanceDB catalog is a :class:`ValueError` naming what to pass instead.
+    LanceDB catalog, or a directory right above a store, is a :class:`ValueError`
+    naming what to pass instead.
     """
     p = Path(path).expanduser().resolve()
     if _is_store_root(p):
@@ -174,6 +175,15 @@ def local_store_root(path: str | os.PathLike[str]) -> Path:
             f"path={str(path)!r} is inside the local store {enclosing}, whose catalog is {active}; "
             f"pass path={str(active)!r} (or the store root {str(enclosing)!r}): a new catalog is never "
             "created inside another one"
+        )
+    try:
+        holds = next((c for c in p.iterdir() if c.is_dir() and _is_store_root(c)), None) if p.is_dir() else None
+    except OSError:
+        holds = None
+    if holds is not None:
+        raise ValueError(
+            f"path={str(path)!r} holds the local store {holds}; pass path={str(holds)!r} (or its catalog "
+            f"{str(_active_catalog(holds))!r}) instead of starting another store beside it"
         )
     inside = next((a for a in (p, *p.parents) if _is_lance_catalog(a)), None)
     if inside is not None:
@@ -293,6 +303,8 @@ class DataInterface:
         """
         src = Path(source_dir)
         manifest = Path(manifest_path)
+        if participant is not None and not participant.strip():
+            participant = None  # a blank participant.txt read by the caller: no participant
         if not src.is_dir():
             raise FileNotFoundError(f"source_dir {str(src)!r} is not a directory")
         if not manifest.is_file():
@@ -344,6 +356,8 @@ class DataInterface:
         checks every listed object's size and sha256, and registers; nothing is
         uploaded. ``participant`` defaults to the stored ``participant.txt``.
         """
+        if participant is not None and not participant.strip():
+            participant = None
         return _ingest_result(register_from_store(self._core, rec_id, participant=participant))
 
     # -- read verbs ----------------------------------------------------------------------
