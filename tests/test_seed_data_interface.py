@@ -276,3 +276,45 @@ def test_get_and_concat(tmp_path: Path, data: DataInterface) -> None:
         data.get(results, concat=True)
     with pytest.raises(NotImplementedError):
         data.get([results[0], results[0]], concat=True)
+
+
+def test_public_names_are_ursa_daemons_own() -> None:
+    """One implementation: ``ursa`` re-exports ``ursa_daemon``'s objects (sorted ``__all__``) and
+    imports only names that ``ursa_daemon``'s modules export."""
+    import importlib
+    import importlib.util
+    import pkgutil
+
+    import ursa_daemon.catalog
+    import ursa_daemon.download
+    import ursa_daemon.errors
+    import ursa_daemon.ingest
+
+    assert ursa.__all__ == sorted(ursa.__all__)
+    same = {
+        "IngestResult": ursa_daemon.ingest.IngestResult,
+        "UploadProgress": ursa_daemon.ingest.UploadProgress,
+        "DownloadProgress": ursa_daemon.download.DownloadProgress,
+        "RecordingRow": ursa_daemon.catalog.RecordingRow,
+        "ModalityRow": ursa_daemon.catalog.ModalityRow,
+        "CatalogRowExists": ursa_daemon.errors.CatalogRowExists,
+        "WritesNotEnabled": ursa_daemon.errors.WritesNotEnabled,
+        "ObjectStoreError": ursa_daemon.errors.StoreError,
+        "ObjectStoreTransientError": ursa_daemon.errors.TransientStoreError,
+    }
+    for name, obj in same.items():
+        assert getattr(ursa, name) is obj, name
+    ursa_catalog = importlib.import_module("ursa.catalog")
+    ursa_store = importlib.import_module("ursa.store")
+    assert ursa_catalog.CatalogRowExists is ursa_daemon.errors.CatalogRowExists
+    assert ursa_store.ObjectStoreError is ursa_daemon.errors.StoreError
+    modules = ["ursa"] + [m.name for m in pkgutil.walk_packages(ursa.__path__, "ursa.")]
+    for mod in modules:
+        spec = importlib.util.find_spec(mod)
+        assert spec is not None and spec.origin is not None
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ursa_daemon"):
+                exported = importlib.import_module(node.module).__all__  # type: ignore[arg-type]
+                for alias in node.names:
+                    assert alias.name in exported, f"{mod}: {node.module}.{alias.name} is not public"

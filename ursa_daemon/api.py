@@ -54,6 +54,7 @@ from ursa_daemon.store.s3 import lance_storage_options
 
 __all__ = [
     "ACTIVE_POINTER_KEY",
+    "DEFAULT_CATALOG_PREFIX",
     "DataInterface",
     "QueryResult",
     "QuerySpec",

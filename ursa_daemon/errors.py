@@ -34,6 +34,7 @@ __all__ = [
     "ConfigError",
     "CredentialError",
     "InputError",
+    "NodesPending",
     "ObjectExists",
     "ObjectMismatch",
     "ObjectNotFound",
