@@ -98,6 +98,15 @@ def test_existing_destinations_are_refused_before_any_io(data: DataInterface, tm
     assert not list(dest.rglob("*.part"))
 
 
+def test_stream_gives_the_same_bytes_chunk_by_chunk(data: DataInterface) -> None:
+    qr = results(data)[R1]
+    got: dict[str, bytes] = {}
+    for chunk in data.stream(qr, chunk_size=16):
+        assert len(chunk.data) <= 16
+        got[chunk.key] = got.get(chunk.key, b"") + chunk.data
+    assert {k.split(f"{R1}/", 1)[1]: v for k, v in got.items()} == FILES[R1]
+
+
 def test_a_registered_row_without_objects_is_an_error(data: DataInterface, tmp_path: Path) -> None:
     qr = results(data)[R2]
     uri = qr.modalities["mic"].raw_storage_uri.replace("/mic/", "/notes/")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -61,6 +61,7 @@ from ursa_daemon.errors import ConfigError, NodesPending, WritesNotEnabled
 from ursa_daemon.ingest import IngestResult, UploadProgress
 from ursa_daemon.ingest import ingest as _ingest
 from ursa_daemon.manifest import MANIFEST_NAME, NODE_MANIFEST_DIR, split_worker
+from ursa_daemon.reader import Chunk
 
 __all__ = [
     "PROCESSED_FILTERS",
@@ -452,6 +453,18 @@ class DataInterface:
     ) -> list[Path]:
         """Stream ``target``'s bytes to files under ``dest`` (see :func:`ursa_daemon.download.download`)."""
         return self._core.download(target, dest, layout=layout, overwrite=overwrite, source=source, progress=progress)
+
+    def stream(
+        self,
+        target: QueryResult | Iterable[QueryResult],
+        *,
+        source: Source = "auto",
+        chunk_size: int = 1 << 20,
+    ) -> Iterator[Chunk]:
+        """Every object of ``target`` as ``Chunk`` s, one object after another, never a whole
+        object in memory (the tutorial's ``stream()``; see :func:`ursa_daemon.reader.stream`)."""
+        chunks: Iterator[Chunk] = self._core.stream(target, source=source, chunk_size=chunk_size)
+        return chunks
 
     # -- register verbs (assets_rw) -------------------------------------------------------
 
