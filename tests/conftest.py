@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 MOTO_KEY_ID = "AKIATESTKEYID000001"
+#: R2's region: the R2-dialect proxy in front of moto refuses any other (SeaweedFS takes any)
+S3_REGION = "auto"
 #: a distinctive secret so tests can assert it never leaks
 MOTO_SECRET = "s3cr3t-Do-Not-Leak-7f3a9b"
 
@@ -22,16 +26,22 @@ def _free_port() -> int:
 
 @dataclass(frozen=True)
 class MotoServer:
+    """moto behind the R2-dialect proxy: ``endpoint``/``host``/``port`` are the proxy's
+    (what code under test talks to, region ``auto``); ``direct_endpoint`` is moto itself,
+    which :meth:`client` uses to set up and inspect buckets (region us-east-1)."""
+
     endpoint: str
     host: str
     port: int
+    direct_endpoint: str = ""
+    r2: Any = None
 
     def client(self):  # type: ignore[no-untyped-def]
         import boto3
 
         return boto3.client(
             "s3",
-            endpoint_url=self.endpoint,
+            endpoint_url=self.direct_endpoint or self.endpoint,
             region_name="us-east-1",
             aws_access_key_id=MOTO_KEY_ID,
             aws_secret_access_key=MOTO_SECRET,
@@ -40,15 +50,27 @@ class MotoServer:
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[MotoServer]:
-    """moto's S3 server, in a thread, on 127.0.0.1 and a free port."""
+    """moto's S3 server, in a thread, on 127.0.0.1 and a free port, behind the R2-dialect
+    proxy (``tests/r2proxy.py``): every S3 test speaks R2's dialect (region ``auto``, no
+    sha256 on parts, equal parts, checksums verified). ``URSA_TEST_R2=0`` talks to moto directly."""
     from moto.server import ThreadedMotoServer
+    from r2proxy import R2Proxy
 
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    direct = f"http://127.0.0.1:{port}"
+    if os.environ.get("URSA_TEST_R2", "1") == "0":
+        try:
+            yield MotoServer(endpoint=direct, host="127.0.0.1", port=port, direct_endpoint=direct)
+        finally:
+            server.stop()
+        return
+    proxy = R2Proxy(("127.0.0.1", port)).start()
     try:
-        yield MotoServer(endpoint=f"http://127.0.0.1:{port}", host="127.0.0.1", port=port)
+        yield MotoServer(endpoint=proxy.endpoint, host=proxy.host, port=proxy.port, direct_endpoint=direct, r2=proxy)
     finally:
+        proxy.stop()
         server.stop()
 
 
@@ -60,6 +82,8 @@ def s3_buckets(moto_server: MotoServer) -> tuple[str, str]:
     """A fresh (raw, assets) bucket pair on the moto server for one test."""
     n = next(_bucket_counter)
     raw, assets = f"raw-{n}", f"assets-{n}"
+    if moto_server.r2 is not None:
+        moto_server.r2.refused.clear()  # counts per test: each test takes fresh buckets
     client = moto_server.client()
     client.create_bucket(Bucket=raw)
     client.create_bucket(Bucket=assets)
@@ -119,7 +143,7 @@ def s3_config_dict(endpoint: str, raw: str, assets: str, root: Path) -> dict:
             "s3": {
                 "kind": "s3",
                 "endpoint": endpoint,
-                "region": "us-east-1",
+                "region": S3_REGION,
                 "raw_bucket": raw,
                 "assets_bucket": assets,
                 "allow_http": True,
@@ -151,3 +175,29 @@ def backend_config(request: pytest.FixtureRequest, tmp_path: Path):  # type: ign
         raw_b, assets_b = request.getfixturevalue("s3_buckets")
         raw = s3_config_dict(server.endpoint, raw_b, assets_b, tmp_path)
     return config_from_dict(raw, base_dir=tmp_path)
+
+
+def seaweed_config_dict(server: Any, raw: str, assets: str, root: Path) -> dict:
+    """A config mapping with an ``s3`` profile on the SeaweedFS server (any region goes there)."""
+    doc = s3_config_dict(server.endpoint, raw, assets, root)
+    doc["profiles"]["s3"]["region"] = server.region
+    return doc
+
+
+@pytest.fixture(params=["local", "s3", "seaweed"])
+def contract_config(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """``backend_config`` plus SeaweedFS: for the S3 contract tests that must hold on every server."""
+    from ursa_daemon.config import config_from_dict
+
+    if request.param == "local":
+        raw = local_config_dict(tmp_path)
+    elif request.param == "s3":
+        server = request.getfixturevalue("moto_server")
+        request.getfixturevalue("s3_env")
+        raw = s3_config_dict(server.endpoint, *request.getfixturevalue("s3_buckets"), tmp_path)
+    else:
+        server = request.getfixturevalue("seaweed_server")
+        request.getfixturevalue("seaweed_env")
+        raw = seaweed_config_dict(server, *request.getfixturevalue("seaweed_buckets"), tmp_path)
+    return config_from_dict(raw, base_dir=tmp_path)
+

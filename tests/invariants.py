@@ -75,7 +75,7 @@ def _s3_client(profile: S3Profile) -> Any:
     return boto3.client(
         "s3",
         endpoint_url=profile.endpoint,
-        region_name=profile.region if profile.region != "auto" else "us-east-1",
+        region_name=profile.region,
         aws_access_key_id=creds.access_key_id,
         aws_secret_access_key=creds.secret_access_key,
     )

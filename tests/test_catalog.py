@@ -97,7 +97,7 @@ def s3_catalog_args(server: MotoServer, bucket: str) -> tuple[str, dict[str, str
         "aws_access_key_id": MOTO_KEY_ID,
         "aws_secret_access_key": MOTO_SECRET,
         "aws_endpoint": server.endpoint,
-        "aws_region": "us-east-1",
+        "aws_region": "auto",
         "allow_http": "true",
     }
 

@@ -12,6 +12,7 @@ import json
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 from harness import DaemonProc, cli, make_config, random_session, write_session
 from invariants import check_invariants
@@ -62,17 +63,29 @@ def test_drain_and_run_on_one_state_dir_the_second_exits_3(moto_server, s3_bucke
 def test_same_session_ingested_twice_at_once_registers_once(moto_server, s3_env, tmp_path: Path) -> None:
     """The rig's daemon and an operator's ``ingest`` (own state) take the same session at the same moment,
     on a fresh store each round: they also race to create the catalog's tables and indexes."""
-    rng = random.Random(5)
-    client = moto_server.client()
-    for n in range(2):
-        raw, assets = f"twice-raw-{n}", f"twice-assets-{n}"
+    _ingest_twice_at_once(moto_server.client(), moto_server.endpoint, tmp_path, rounds=2, seed=5)
+
+
+def test_same_session_ingested_twice_at_once_registers_once_on_seaweed(
+    seaweed_server, seaweed_env, tmp_path: Path
+) -> None:
+    """The same race on SeaweedFS, whose ``If-None-Match: *`` PUTs are atomic: here exactly-once
+    registration is proven, not only exercised (``URSA_RACE_ROUNDS`` runs more rounds)."""
+    rounds = int(os.environ.get("URSA_RACE_ROUNDS", "2"))
+    _ingest_twice_at_once(seaweed_server.client(), seaweed_server.endpoint, tmp_path, rounds=rounds, seed=9)
+
+
+def _ingest_twice_at_once(client: Any, endpoint: str, tmp_path: Path, *, rounds: int, seed: int) -> None:
+    rng = random.Random(seed)
+    for n in range(rounds):
+        raw, assets = f"raw-twice-{os.getpid()}-{n}", f"assets-twice-{os.getpid()}-{n}"
         client.create_bucket(Bucket=raw)
         client.create_bucket(Bucket=assets)
         base = tmp_path / f"round{n}"
         base.mkdir()
-        cfg = make_config(base, moto_server.endpoint, raw, assets)
-        other = make_config(base, moto_server.endpoint, raw, assets, name="laptop.yaml", state="laptop-state")
-        rec = write_session(base / "recordings", f"rec_20260107_00000{n}_aaaa",
+        cfg = make_config(base, endpoint, raw, assets)
+        other = make_config(base, endpoint, raw, assets, name="laptop.yaml", state="laptop-state")
+        rec = write_session(base / "recordings", f"rec_20260107_00000{n % 10}_aaaa",
                             {f"eeg/{i}.bin": rng.randbytes(100_000) for i in range(6)}, participant="Aria Lin")
         a = DaemonProc(cfg, "drain", "--json")
         b = DaemonProc(other, "ingest", str(rec), "--json")

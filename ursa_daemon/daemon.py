@@ -358,7 +358,7 @@ class Daemon:
         return self._ingest(rec_dir, started, defer_register)
 
     def _ingest(self, rec_dir: Path, started: float, defer_register: bool = False) -> Outcome:
-        from ursa_daemon.ingest import ingest
+        from ursa_daemon.ingest import hash_part_size, ingest
 
         rec_id = rec_dir.name
         self._enable_writes()
@@ -368,7 +368,7 @@ class Daemon:
         live.begin()
         files = hash_files(
             rec_dir, session.files, known=known, on_bytes=live.hashed, on_file=live.file_hashed,
-            should_stop=self.should_pause,
+            should_stop=self.should_pause, part_size=hash_part_size(self.data),
         )
         self.state.record_hashes(
             rec_id, [(f.rel_path, f.size, _mtime_ns(rec_dir / f.rel_path), f.sha256 or "") for f in files]
@@ -395,6 +395,7 @@ class Daemon:
             defer_register=defer_register,
             journal=self.state,
             on_file_bytes=live.sent,
+            hashed=files,
         )
         counts = (result.files_uploaded, result.files_skipped, result.bytes_uploaded)
         if result.paused:

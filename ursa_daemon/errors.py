@@ -31,6 +31,7 @@ __all__ = [
     "CatalogError",
     "CatalogPermissionError",
     "CatalogRowExists",
+    "ChecksumMismatch",
     "ConfigError",
     "CredentialError",
     "InputError",
@@ -92,6 +93,11 @@ class StorePermissionError(StoreError, PermissionError):
 
 class ObjectMismatch(StoreError):
     """An object in the store does not have the size or sha256 it should."""
+
+
+class ChecksumMismatch(StoreError):
+    """The server refused a body whose bytes do not match the checksum sent with it (BadDigest):
+    the file changed between hashing and sending, or the bytes were damaged on the way."""
 
 
 class UploadGone(StoreError):

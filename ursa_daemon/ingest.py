@@ -44,6 +44,7 @@ from ursa_daemon.manifest import (
     split_worker,
 )
 from ursa_daemon.store import LocalStore, Store, storage_uri
+from ursa_daemon.store.base import MultipartStore
 from ursa_daemon.uploader import (
     FileUpload,
     RateLimiter,
@@ -63,6 +64,7 @@ __all__ = [
     "IngestResult",
     "duplicate_error",
     "SessionSpan",
+    "hash_part_size",
     "UploadProgress",
     "ingest",
     "object_sha256",
@@ -120,6 +122,13 @@ class IngestResult:
     kept_bytes: dict[str, int] = field(default_factory=dict)
 
 
+def hash_part_size(data: DataInterface) -> int | None:
+    """The part size to take part checksums at when hashing (S3 stores), else None."""
+    if isinstance(data.store("raw_rw"), MultipartStore):
+        return data.config.upload.part_size_bytes
+    return None
+
+
 def ingest(
     data: DataInterface,
     rec_dir: str | Path,
@@ -134,6 +143,7 @@ def ingest(
     defer_register: bool = False,
     journal: UploadJournal | None = None,
     on_file_bytes: Callable[[str, int], None] | None = None,
+    hashed: list[FileEntry] | None = None,
 ) -> IngestResult:
     """Upload a session's files to the raw bucket and register its catalog rows.
 
@@ -147,13 +157,18 @@ def ingest(
     ``journal`` (the daemon's ``StateDB``) keeps multipart uploads and their
     confirmed parts, so a paused or killed upload continues with the missing
     parts; without it a paused multipart upload is aborted. ``on_file_bytes(rel_path, n)``
-    is told of bytes as they are sent (from worker threads).
+    is told of bytes as they are sent (from worker threads). ``hashed``: the
+    caller's own :func:`hash_files` of this session (with :func:`hash_part_size`),
+    used when it lists exactly the session's files, so nothing is read twice.
     """
     should_stop = is_active or (lambda: False)
     session = load_session(Path(rec_dir))
     rec_id = session.rec_id
     log.info("session.hashing", rec_id=rec_id, bytes_total=session.bytes_total)
-    files = hash_files(session.rec_dir, session.files, known=known_hashes)
+    if hashed is not None and sorted(f.rel_path for f in hashed) == sorted(f.rel_path for f in session.files):
+        files = hashed
+    else:
+        files = hash_files(session.rec_dir, session.files, known=known_hashes, part_size=hash_part_size(data))
     doc = augment(session.manifest, files)
     rh = doc["recording_hash"]
     raw = data.store("raw_rw")

@@ -15,7 +15,7 @@ import stat
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -82,6 +82,11 @@ class FileEntry:
     rel_path: str
     size: int
     sha256: str | None = None
+    #: what hashing saw besides the sha256, for the uploader to hold the file to (never in a
+    #: manifest): the mtime, and the CRC32C of each ``part_size`` slice (empty: not computed)
+    mtime_ns: int | None = field(default=None, compare=False, repr=False)
+    part_size: int = field(default=0, compare=False, repr=False)
+    part_crc32c: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def worker(self) -> str:
@@ -277,6 +282,54 @@ def hash_file(
     return h.hexdigest(), n
 
 
+def hash_file_parts(
+    path: Path,
+    part_size: int,
+    *,
+    chunk_size: int = HASH_CHUNK_SIZE,
+    on_bytes: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[str, int, tuple[int, ...], int, bool]:
+    """One read of ``path``: its sha256, byte count, the CRC32C of each ``part_size`` slice,
+    its mtime (ns) when the read began, and whether it stayed the same file with the same
+    size and mtime throughout (False: it was written while it was read). ``on_bytes`` and
+    ``should_stop`` as for :func:`hash_file`."""
+    import google_crc32c
+
+    h = hashlib.sha256()
+    crcs: list[int] = []
+    crc = 0
+    in_part = 0
+    n = 0
+    with open(path, "rb", buffering=0) as f:
+        before = os.fstat(f.fileno())
+        while True:
+            if should_stop is not None and should_stop():
+                raise HashingStopped(str(path))
+            data = f.read(chunk_size)  # bytes: google_crc32c takes no memoryview
+            got = len(data)
+            if not got:
+                break
+            h.update(data)
+            n += got
+            if on_bytes is not None:
+                on_bytes(got)
+            at = 0
+            while at < got:
+                take = min(got - at, part_size - in_part)
+                crc = google_crc32c.extend(crc, data if take == got else data[at : at + take])
+                at += take
+                in_part += take
+                if in_part == part_size:
+                    crcs.append(crc)
+                    crc, in_part = 0, 0
+        after = os.fstat(f.fileno())
+    if in_part or not crcs:
+        crcs.append(crc)
+    steady = (before.st_mtime_ns, before.st_size) == (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, n)
+    return h.hexdigest(), n, tuple(crcs), before.st_mtime_ns, steady
+
+
 def hash_files(
     rec_dir: Path,
     entries: Iterable[FileEntry],
@@ -286,6 +339,7 @@ def hash_files(
     on_bytes: Callable[[int], None] | None = None,
     on_file: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    part_size: int | None = None,
 ) -> list[FileEntry]:
     """Hash files in parallel (hashlib releases the GIL); sizes are re-checked.
 
@@ -293,7 +347,11 @@ def hash_files(
     the file has not changed); those files are not read again (``on_bytes`` is
     told their size at once). ``on_bytes`` and ``on_file`` (a file's rel_path once
     it is hashed) may be called from several threads.
-    ``should_stop`` stops the hashing with :class:`HashingStopped`.
+    ``should_stop`` stops the hashing with :class:`HashingStopped`. With
+    ``part_size`` (an S3 store's), the same read also takes the CRC32C of every
+    ``part_size`` slice and the file's mtime, which the uploader sends and
+    checks instead of hashing the file again; a file written while it is read
+    is an input error.
     """
     entries = list(entries)
     known = known or {}
@@ -307,8 +365,17 @@ def hash_files(
             if on_file is not None:
                 on_file(e.rel_path)
             return FileEntry(e.rel_path, e.size, known[e.rel_path])
+        mtime_ns: int | None = None
+        crcs: tuple[int, ...] = ()
         try:
-            digest, n = hash_file(rec_dir / e.rel_path, on_bytes=on_bytes, should_stop=should_stop)
+            if part_size:
+                digest, n, crcs, mtime_ns, steady = hash_file_parts(
+                    rec_dir / e.rel_path, part_size, on_bytes=on_bytes, should_stop=should_stop
+                )
+                if not steady and n == e.size:
+                    n = -1  # written while it was read: same message as a size change
+            else:
+                digest, n = hash_file(rec_dir / e.rel_path, on_bytes=on_bytes, should_stop=should_stop)
         except FileNotFoundError:
             raise InputError(
                 f"{rec_id}: {e.rel_path} vanished while it was being hashed; "
@@ -318,14 +385,15 @@ def hash_files(
             ) from None
         if n != e.size:
             raise InputError(
-                f"{rec_id}: {e.rel_path} changed size while it was being hashed "
-                f"({e.size} -> {n} bytes); wait until the session is complete and retry",
+                f"{rec_id}: {e.rel_path} changed while it was being hashed "
+                + (f"({e.size} -> {n} bytes)" if n >= 0 else "(written to)")
+                + "; wait until the session is complete and retry",
                 rec_id=rec_id,
                 file=e.rel_path,
             )
         if on_file is not None:
             on_file(e.rel_path)
-        return FileEntry(e.rel_path, n, digest)
+        return FileEntry(e.rel_path, n, digest, mtime_ns, part_size or 0, crcs)
 
     if len(entries) <= 1:
         return [one(e) for e in entries]

@@ -199,12 +199,13 @@ class MultipartRecord:
 
 @dataclass(frozen=True)
 class PartRecord:
-    """One part the server confirmed: 1-based number, size, ETag and sha256 (hex) of its bytes."""
+    """One part the server confirmed: 1-based number, size, ETag and the checksum of its bytes
+    (``crc32c:<8 hex>``; kept in the ``parts.sha256`` column, named when parts carried a sha256)."""
 
     number: int
     size: int
     etag: str
-    sha256: str
+    checksum: str
 
 
 @dataclass(frozen=True)
@@ -516,7 +517,7 @@ class StateDB:
         with self._tx() as c:
             c.execute(
                 "INSERT OR REPLACE INTO parts (upload_id, number, size, etag, sha256) VALUES (?, ?, ?, ?, ?)",
-                (upload_id, part.number, part.size, part.etag, part.sha256),
+                (upload_id, part.number, part.size, part.etag, part.checksum),
             )
             c.execute("UPDATE uploads SET updated_at = ? WHERE upload_id = ?", (time.time(), upload_id))
 

@@ -8,16 +8,21 @@ Three ways a file goes up, chosen by size and store:
   computed at hashing time raise before the last chunk, so the object is never
   completed);
 * on a :class:`~ursa_daemon.store.base.MultipartStore` (S3), files up to one
-  part: one ``put_stream`` whose body is a :class:`FileRegion`, hashed as it
-  is sent in the same way;
+  part: one ``put_stream`` whose body is a :class:`FileRegion`, checked as it
+  is sent against the CRC32C hashing took (the PUT carries the sha256, which
+  the server verifies);
 * larger files there: a multipart upload whose id and confirmed parts go to
   an :class:`UploadJournal` (the SQLite state) as each part is confirmed.
   The next attempt, after a pause, a SIGKILL or a reboot, lists the server's
   parts and sends only the missing ones of the same upload; an upload the
-  server forgot starts again from zero. Every part is hashed before it is
-  sent (its sha256 is the checksum S3 verifies and what the journal records),
-  and the parts' bytes, in order, must hash to the file's sha256 before the
-  upload is completed; otherwise it is aborted and the file reported changed.
+  server forgot starts again from zero. Each part carries the CRC32C that
+  :func:`~ursa_daemon.manifest.hash_files` took in the same read as the
+  file's sha256 (``x-amz-checksum-crc32c``, which the server verifies: R2
+  refuses a sha256 on a part), and its body is held to that CRC32C as it is
+  sent; after the last part the file must still be the one opened, with the
+  same size and mtime (a file still growing is caught). A mismatch aborts the
+  upload and reports the file changed. So a file is read twice (hash, send)
+  and sha256-hashed once.
 
 A pause cuts the wire: a watcher thread polls ``should_stop()`` every 10 ms and
 sets the shared cancel event; a :class:`FileRegion` checks it before every
@@ -48,7 +53,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from ursa_daemon.errors import InputError, ObjectMismatch, StoreError, TransientStoreError, UploadGone
+from ursa_daemon.errors import (
+    ChecksumMismatch,
+    InputError,
+    ObjectMismatch,
+    StoreError,
+    TransientStoreError,
+    UploadGone,
+)
 from ursa_daemon.log import get_logger
 from ursa_daemon.manifest import FileEntry, rel_key
 from ursa_daemon.state import MultipartRecord, PartRecord
@@ -63,6 +75,7 @@ from ursa_daemon.store.base import (
     Store,
 )
 from ursa_daemon.store.local import LocalStore
+from ursa_daemon.store.multipart import b64_crc32c
 
 __all__ = [
     "CancellableFile",
@@ -322,9 +335,10 @@ class FileRegion:
     ``read`` returns at most ``slice_size`` bytes (``os.pread``: nothing is
     buffered), takes them from the shared :class:`RateLimiter` first, and raises
     :class:`UploadInterrupted` once ``cancel`` is set: the HTTP layer then drops
-    the request and its connection. With ``sha256`` the bytes are hashed as they
-    go and a mismatch raises ``changed(...)`` before the last slice is handed
-    over. ``seek``/``tell`` let the HTTP layer rewind for a retry. ``error``
+    the request and its connection. With ``sha256`` (or the far cheaper
+    ``crc32c``) the bytes are hashed as they go and a mismatch with the value
+    taken when the file was hashed raises ``changed(...)`` before the last slice
+    is handed over. ``seek``/``tell`` let the HTTP layer rewind for a retry. ``error``
     keeps what ``read`` raised (the store may wrap it).
     """
 
@@ -338,6 +352,7 @@ class FileRegion:
         limiter: RateLimiter,
         changed: Callable[[str], InputError],
         sha256: str | None = None,
+        crc32c: int | None = None,
         slice_size: int = DEFAULT_SLICE_SIZE,
         on_bytes: Callable[[int], None] | None = None,
         wire: _Wire | None = None,
@@ -354,6 +369,8 @@ class FileRegion:
         self.error: BaseException | None = None
         self._pos = 0
         self._hash = hashlib.sha256() if sha256 is not None else None
+        self.crc32c = crc32c
+        self._crc = 0
         self._wire = wire
         self._sock: socket.socket | None = None
 
@@ -372,10 +389,12 @@ class FileRegion:
     def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
         base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
         new = max(0, min(self.size, base + pos))
-        if new != self._pos and self._hash is not None:
+        if new != self._pos and (self._hash is not None or self.crc32c is not None):
             if new != 0:
-                raise OSError("a hashed FileRegion can only rewind to its start")
-            self._hash = hashlib.sha256()
+                raise OSError("a checked FileRegion can only rewind to its start")
+            if self._hash is not None:
+                self._hash = hashlib.sha256()
+            self._crc = 0
         self._pos = new
         return new
 
@@ -416,6 +435,10 @@ class FileRegion:
             self._hash.update(data)
             if self._pos == self.size and self._hash.hexdigest() != self.sha256:
                 raise self.changed("bytes changed since it was hashed")
+        if self.crc32c is not None:
+            self._crc = _crc32c_extend(self._crc, data)
+            if self._pos == self.size and self._crc != self.crc32c:
+                raise self.changed("bytes changed since it was hashed")
         if self.on_bytes is not None:
             self.on_bytes(want)
         return data
@@ -448,27 +471,59 @@ class _Job:
     journal: UploadJournal | None
     on_bytes: Callable[[int], None] | None
     wire: _Wire | None = None
+    #: (inode, device, size, mtime) when the file was opened for upload
+    seen: tuple[int, int, int, int] | None = None
 
     def changed(self, what: str) -> InputError:
         return _changed(self.rec_id, self.entry, what)
 
     def open(self) -> int:
+        """Open the file; it must be the size (and, if hashing saw it, have the mtime) it was hashed at."""
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             raise self.changed("vanished before it was uploaded") from None
-        size = os.fstat(fd).st_size
-        if size != self.entry.size:
+        st = os.fstat(fd)
+        if st.st_size != self.entry.size:
             os.close(fd)
-            raise self.changed(f"is now {size} bytes (hashed at {self.entry.size})")
+            raise self.changed(f"is now {st.st_size} bytes (hashed at {self.entry.size})")
+        if self.entry.mtime_ns is not None and st.st_mtime_ns != self.entry.mtime_ns:
+            os.close(fd)
+            raise self.changed("changed since it was hashed (written to)")
+        self.seen = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
         return fd
 
+    def check_settled(self, fd: int) -> None:
+        """After the last byte was read: still the same file, size and mtime as at :meth:`open`.
+
+        Catches a file that grows or is rewritten while it is uploaded (its bytes
+        beyond the hashed size would otherwise never be looked at) and a file
+        replaced by a rename."""
+        st = os.fstat(fd)
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            raise self.changed("vanished while it was uploaded") from None
+        current = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
+        if current != self.seen or (now.st_ino, now.st_dev) != current[:2]:
+            what = f"grew to {st.st_size} bytes" if st.st_size != self.entry.size else "changed (written to)"
+            raise self.changed(what)
+
     def send(
-        self, fd: int, offset: int, size: int, send: Callable[[FileRegion], str | None], *, sha256: str | None = None
+        self,
+        fd: int,
+        offset: int,
+        size: int,
+        send: Callable[[FileRegion], str | None],
+        *,
+        sha256: str | None = None,
+        crc32c: int | None = None,
     ) -> str | None:
         """One request whose body is ``size`` bytes at ``offset``, retried on transient errors.
 
-        ``sha256``: hash the body as it goes and check it (the whole file, in one PUT).
+        ``sha256`` / ``crc32c``: check the body as it goes against the value
+        taken at hashing time. A server that finds the body does not match the
+        checksum header (``ChecksumMismatch``) means the file changed.
         """
         for attempt in range(DEFAULT_PART_ATTEMPTS):
             if self.cancel.is_set():  # not even the headers of another request
@@ -484,10 +539,15 @@ class _Job:
                 slice_size=self.limits.slice_size if self.limiter.rate else DEFAULT_UNCAPPED_SLICE_SIZE,
                 on_bytes=self.on_bytes,
                 sha256=sha256,
+                crc32c=crc32c,
                 wire=self.wire,
             )
             try:
                 return send(region)
+            except ChecksumMismatch:
+                if region.error is not None:
+                    raise region.error from None
+                raise self.changed("bytes changed since it was hashed") from None
             except TransientStoreError as exc:
                 if region.error is not None:
                     raise region.error from None
@@ -509,25 +569,39 @@ class _Job:
 
 
 def _put_stream(job: _Job) -> None:
-    """Files up to one part: one PUT, cut by a pause, hashed as it goes."""
+    """Files up to one part: one PUT, cut by a pause, checked as it goes.
+
+    The body is held to the CRC32C taken when the file was hashed (its sha256
+    again only when hashing took none, as for a file trusted from the state);
+    the PUT carries the sha256, which the server verifies too."""
     fd = job.open()
+    crcs = job.entry.part_crc32c
+    crc = crcs[0] if len(crcs) == 1 and job.entry.part_size >= job.entry.size else None
     try:
         job.send(
             fd,
             0,
             job.entry.size,
             lambda body: job.store.put_stream(job.key, body, size=job.entry.size, sha256=job.entry.sha256 or ""),
-            sha256=job.entry.sha256,
+            sha256=job.entry.sha256 if crc is None else None,
+            crc32c=crc,
         )
+        job.check_settled(fd)
     finally:
         os.close(fd)
 
 
-def _hash_region(
-    fd: int, offset: int, size: int, whole: hashlib._Hash, cancel: threading.Event, *, md5: bool
-) -> tuple[str, str | None]:
-    """sha256 (and md5, on request) of ``size`` bytes at ``offset``; ``whole`` is fed the same bytes."""
-    h = hashlib.sha256()
+def _crc32c_extend(crc: int, data: bytes) -> int:
+    import google_crc32c
+
+    return int(google_crc32c.extend(crc, data))
+
+
+def _checksum_region(
+    fd: int, offset: int, size: int, cancel: threading.Event, *, md5: bool
+) -> tuple[int, str | None]:
+    """CRC32C (and md5, on request) of ``size`` bytes at ``offset``: for parts hashing did not checksum."""
+    crc = 0
     m = hashlib.md5(usedforsecurity=False) if md5 else None
     done = 0
     while done < size:
@@ -536,21 +610,36 @@ def _hash_region(
         data = os.pread(fd, min(_HASH_READ, size - done), offset + done)
         if not data:
             break
-        h.update(data)
-        whole.update(data)
+        crc = _crc32c_extend(crc, data)
         if m is not None:
             m.update(data)
         done += len(data)
-    return h.hexdigest(), (m.hexdigest() if m is not None else None)
+    return crc, (m.hexdigest() if m is not None else None)
 
 
-def _proves(listed: PartInfo, sha256: str, md5: str | None) -> bool:
-    """A part the server holds but the journal missed (killed between the two) has these bytes."""
-    import base64
+def _part_tag(crc: int) -> str:
+    """How the journal records a part's checksum."""
+    return f"crc32c:{crc:08x}"
 
-    if listed.checksum_sha256 is not None:
-        return listed.checksum_sha256 == base64.b64encode(bytes.fromhex(sha256)).decode()
-    return md5 is not None and listed.etag.strip('"') == md5
+
+def _proves(listed: PartInfo, crc: int, md5: str | None) -> bool:
+    """A part the server holds but the journal missed (killed between the two) has these bytes.
+
+    The ETag of a part is the MD5 of its bytes on S3, R2, MinIO and SeaweedFS:
+    with it the proof is 128 bits strong; the CRC32C the server lists (where it
+    lists one) must agree too."""
+    if listed.checksum_crc32c is not None and listed.checksum_crc32c != b64_crc32c(crc):
+        return False
+    etag = listed.etag.strip('"').lower()
+    if md5 is not None and len(etag) == 32:
+        return etag == md5
+    return False
+
+
+def _older_parts(journal: UploadJournal | None, upload_id: str) -> bool:
+    """Parts an older version journaled with a sha256: their upload cannot take CRC32C parts."""
+    parts = journal.parts(upload_id) if journal is not None else {}
+    return any(not p.checksum.startswith("crc32c:") for p in parts.values())
 
 
 class _Multipart:
@@ -594,6 +683,7 @@ class _Multipart:
             or rec.size != job.entry.size
             or rec.sha256 != job.entry.sha256
             or rec.part_size != self.part_size
+            or _older_parts(journal, rec.upload_id)
         ):
             if rec.bucket == job.store.bucket:
                 job.store.abort_multipart(rec.key, rec.upload_id)
@@ -643,9 +733,21 @@ class _Multipart:
     # -- the parts ---------------------------------------------------------------
 
     def _send_all(self, fd: int) -> list[CompletedPart]:
-        """Hash every part in order (the file's sha256 along the way), send those not confirmed."""
+        """Send the parts not confirmed yet, each with its CRC32C, then check the file did not move.
+
+        The CRC32Cs come from the read that took the file's sha256
+        (``FileEntry.part_crc32c``); a part hashing did not checksum (a file
+        trusted from the state, a part to prove from ListParts) is read once
+        more for it. Each body is held to its CRC32C as it is sent, and the
+        server verifies the header too, so bytes that changed since hashing
+        never complete the upload; after the last part the file must still be
+        the one opened, with the same size and mtime (a file still growing is
+        caught here).
+        """
         job = self.job
-        whole = hashlib.sha256()
+        entry = job.entry
+        fits = entry.part_size == self.part_size and len(entry.part_crc32c) == self.nparts
+        hashed = entry.part_crc32c if fits else ()
         done: dict[int, CompletedPart] = {}
         lanes = max(1, job.limits.max_concurrency_per_file)
         pool = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="ursa-part")
@@ -658,23 +760,29 @@ class _Multipart:
 
         try:
             for n in range(1, self.nparts + 1):
+                if job.cancel.is_set():
+                    raise UploadInterrupted()
                 offset = (n - 1) * self.part_size
-                size = min(self.part_size, job.entry.size - offset)
-                sha, md5 = _hash_region(fd, offset, size, whole, job.cancel, md5=n in self.unrecorded)
-                prior = self.recorded.get(n)
-                if prior is not None and prior.sha256 == sha and prior.size == size:
-                    done[n] = CompletedPart(n, prior.etag, sha)
-                    continue
+                size = min(self.part_size, entry.size - offset)
                 listed = self.unrecorded.get(n)
-                if listed is not None and listed.size == size and _proves(listed, sha, md5):
+                md5: str | None = None
+                if hashed and listed is None:
+                    crc = hashed[n - 1]
+                else:
+                    crc, md5 = _checksum_region(fd, offset, size, job.cancel, md5=listed is not None)
+                prior = self.recorded.get(n)
+                if prior is not None and prior.checksum == _part_tag(crc) and prior.size == size:
+                    done[n] = CompletedPart(n, prior.etag, crc)
+                    continue
+                if listed is not None and listed.size == size and _proves(listed, crc, md5):
                     if job.journal is not None:
-                        job.journal.record_part(self.upload_id, PartRecord(n, size, listed.etag, sha))
-                    done[n] = CompletedPart(n, listed.etag, sha)
+                        job.journal.record_part(self.upload_id, PartRecord(n, size, listed.etag, _part_tag(crc)))
+                    done[n] = CompletedPart(n, listed.etag, crc)
                     continue
                 while len(pending) >= lanes:
                     finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                     collect(finished)
-                pending.add(pool.submit(self._send_part, fd, n, offset, size, sha))
+                pending.add(pool.submit(self._send_part, fd, n, offset, size, crc))
             finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
             collect(finished)
         except BaseException:
@@ -682,20 +790,20 @@ class _Multipart:
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-        if whole.hexdigest() != job.entry.sha256:
-            raise job.changed("bytes changed since it was hashed")
+        job.check_settled(fd)
         return [done[n] for n in sorted(done)]
 
-    def _send_part(self, fd: int, n: int, offset: int, size: int, sha: str) -> CompletedPart:
+    def _send_part(self, fd: int, n: int, offset: int, size: int, crc: int) -> CompletedPart:
         job = self.job
-        def send(body: FileRegion) -> str:
-            return job.store.upload_part(job.key, self.upload_id, n, body, size=size, sha256=sha)
 
-        etag = job.send(fd, offset, size, send)
+        def send(body: FileRegion) -> str:
+            return job.store.upload_part(job.key, self.upload_id, n, body, size=size, crc32c=crc)
+
+        etag = job.send(fd, offset, size, send, crc32c=crc)
         assert etag is not None
         if job.journal is not None:
-            job.journal.record_part(self.upload_id, PartRecord(n, size, etag, sha))
-        return CompletedPart(n, etag, sha)
+            job.journal.record_part(self.upload_id, PartRecord(n, size, etag, _part_tag(crc)))
+        return CompletedPart(n, etag, crc)
 
     def _complete(self, parts: list[CompletedPart]) -> None:
         job = self.job

@@ -262,6 +262,10 @@ class ObstoreBackend:
 
         return StreamReader(stream, on_error)
 
+    def _multipart_store(self) -> Any:
+        """The obstore store a multipart ``put`` goes through (S3: one without sha256 part checksums)."""
+        return self._store
+
     def put(
         self,
         key: str,
@@ -291,20 +295,21 @@ class ObstoreBackend:
         data, chunks, tracker = _plan_body(body, part_size, whole=create_only)
         try:
             if data is not None:
+                multipart = (not create_only) and len(data) > part_size
                 obstore.put(
-                    self._store,
+                    self._multipart_store() if multipart else self._store,
                     key,
                     data,
                     attributes=attributes,
                     mode="create" if create_only else "overwrite",
-                    use_multipart=(not create_only) and len(data) > part_size,
+                    use_multipart=multipart,
                     chunk_size=part_size,
                     max_concurrency=max_concurrency,
                 )
             else:
                 assert chunks is not None
                 obstore.put(
-                    self._store,
+                    self._multipart_store(),
                     key,
                     chunks,
                     attributes=attributes,

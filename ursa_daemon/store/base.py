@@ -125,8 +125,8 @@ class PartInfo:
     number: int
     size: int
     etag: str
-    #: the part's base64 SHA-256, where the server returns it (S3 with a SHA256 upload; not moto)
-    checksum_sha256: str | None = None
+    #: the part's CRC32C (base64, as S3 lists it), where the server returns it (not moto)
+    checksum_crc32c: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,8 +135,8 @@ class CompletedPart:
 
     number: int
     etag: str
-    #: lowercase hex sha256 of the part's bytes
-    sha256: str
+    #: CRC32C of the part's bytes
+    crc32c: int
 
 
 class StreamBody(Protocol):
@@ -153,7 +153,9 @@ class MultipartStore(Protocol):
     ``read`` raises (a pause) is re-raised unchanged and the request is
     dropped on the spot, connection and all. ``upload_part`` and
     ``put_stream`` try once; their caller retries ``TransientStoreError``.
-    ``sha256`` arguments are lowercase hex; the server verifies them.
+    ``sha256`` arguments are lowercase hex (the whole object's), ``crc32c`` a
+    part's CRC32C; the server verifies what it is sent and answers a mismatch
+    with ``ChecksumMismatch``.
     """
 
     bucket: str
@@ -166,8 +168,8 @@ class MultipartStore(Protocol):
         """Start a multipart upload (``sha256``: the whole object's, as user metadata); its upload id."""
         ...
 
-    def upload_part(self, key: str, upload_id: str, number: int, body: StreamBody, *, size: int, sha256: str) -> str:
-        """Send part ``number`` (1-based); its ETag. Raises ``UploadGone``."""
+    def upload_part(self, key: str, upload_id: str, number: int, body: StreamBody, *, size: int, crc32c: int) -> str:
+        """Send part ``number`` (1-based) with its CRC32C; its ETag. Raises ``UploadGone``."""
         ...
 
     def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:

@@ -13,8 +13,11 @@ How a request is sent:
 
 * ``payload_signing_enabled=False``: the SigV4 signature does not cover the
   body (``UNSIGNED-PAYLOAD``), so botocore never reads a body to hash it;
-  integrity is the ``x-amz-checksum-sha256`` header (``ChecksumSHA256``) that
-  the caller computes and S3 verifies.
+  integrity is a checksum header the caller computed when it hashed the file
+  and the server verifies: ``x-amz-checksum-crc32c`` on each part (R2 answers
+  501 to a part carrying ``x-amz-checksum-sha256``; it takes CRC32, CRC32C and
+  Content-MD5), ``x-amz-checksum-sha256`` on a single PUT. A mismatch (the file
+  changed since it was hashed) is ``BadDigest``: :class:`ChecksumMismatch`.
 * ``request_checksum_calculation="when_required"``: botocore adds no checksum
   of its own (it would read the body ahead, or switch to aws-chunked trailers).
 * Bodies are file objects the HTTP layer reads in small slices; an exception
@@ -42,6 +45,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ursa_daemon.errors import (
+    ChecksumMismatch,
     ObjectNotFound,
     StoreError,
     StorePermissionError,
@@ -51,13 +55,15 @@ from ursa_daemon.errors import (
 from ursa_daemon.store._errors import redact
 from ursa_daemon.store.base import CompletedPart, PartInfo, StreamBody
 
-__all__ = ["BotoMultipart", "b64_sha256"]
+__all__ = ["BotoMultipart", "b64_crc32c", "b64_sha256"]
 
 #: attempts of a control call (create, list, complete, abort) before it fails
 DEFAULT_CONTROL_ATTEMPTS = 5
 #: connections per client: files at once x parts in flight, with room to spare
 DEFAULT_MAX_POOL = 64
 
+#: what servers answer a body whose checksum header does not match it
+_DIGEST_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch", "XAmzContentSHA256Mismatch"})
 _TRANSIENT_CODES = frozenset(
     {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "TooManyRequests", "Throttling"}
 )
@@ -68,6 +74,11 @@ _clients_lock = threading.Lock()
 def b64_sha256(hex_digest: str) -> str:
     """The base64 form S3's ``x-amz-checksum-sha256`` wants of a hex sha256."""
     return base64.b64encode(bytes.fromhex(hex_digest)).decode("ascii")
+
+
+def b64_crc32c(value: int) -> str:
+    """The base64 form of a CRC32C (big-endian, as ``x-amz-checksum-crc32c`` wants)."""
+    return base64.b64encode(value.to_bytes(4, "big")).decode("ascii")
 
 
 def _make_clients(
@@ -180,16 +191,16 @@ class BotoMultipart:
         if sha256 is not None:
             args["Metadata"] = {"sha256": sha256}
         if self.checksum:
-            args["ChecksumAlgorithm"] = "SHA256"
+            args["ChecksumAlgorithm"] = "CRC32C"
         control, _ = self._clients()
         with self._translating("create multipart upload", key):
             resp = control.create_multipart_upload(Bucket=self.bucket, Key=key, **args)
         return str(resp["UploadId"])
 
-    def upload_part(self, key: str, upload_id: str, number: int, body: StreamBody, *, size: int, sha256: str) -> str:
+    def upload_part(self, key: str, upload_id: str, number: int, body: StreamBody, *, size: int, crc32c: int) -> str:
         args: dict[str, Any] = {}
         if self.checksum:
-            args["ChecksumSHA256"] = b64_sha256(sha256)
+            args["ChecksumCRC32C"] = b64_crc32c(crc32c)
         _, data = self._clients()
         with self._translating(f"upload part {number}", key, upload=True):
             resp = data.upload_part(
@@ -212,7 +223,7 @@ class BotoMultipart:
             with self._translating("list parts", key, upload=True):
                 resp = control.list_parts(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumberMarker=marker)
             for p in resp.get("Parts", []):
-                parts.append(PartInfo(int(p["PartNumber"]), int(p["Size"]), str(p["ETag"]), p.get("ChecksumSHA256")))
+                parts.append(PartInfo(int(p["PartNumber"]), int(p["Size"]), str(p["ETag"]), p.get("ChecksumCRC32C")))
             truncated = bool(resp.get("IsTruncated"))
             marker = int(resp.get("NextPartNumberMarker") or 0)
         return parts
@@ -222,7 +233,7 @@ class BotoMultipart:
         for p in parts:
             item: dict[str, Any] = {"PartNumber": p.number, "ETag": p.etag}
             if self.checksum:
-                item["ChecksumSHA256"] = b64_sha256(p.sha256)
+                item["ChecksumCRC32C"] = b64_crc32c(p.crc32c)
             listed.append(item)
         control, _ = self._clients()
         with self._translating("complete multipart upload", key, upload=True):
@@ -266,6 +277,8 @@ class BotoMultipart:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             detail = redact(f"{code}: {err.get('Message', '')}".strip(": "), self._secrets)
             message = f"{op} {redact(where, self._secrets)}: {detail}"
+            if code in _DIGEST_CODES:
+                return ChecksumMismatch(message + " (the bytes sent do not match their checksum)", key=key)
             if code == "NoSuchUpload" or (upload and status == 404 and code != "NoSuchBucket"):
                 return UploadGone(message + " (the multipart upload no longer exists)", key=key)
             if code == "NoSuchBucket":

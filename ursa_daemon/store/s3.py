@@ -12,11 +12,12 @@ What a PUT carries:
   (``obstore.get(..., options={"head": True}).attributes``; ``obstore.head()``
   returns no user metadata).
 * ``x-amz-checksum-sha256`` (``checksum_algorithm="sha256"``, the default):
-  the base64 SHA-256 of the body on a single PUT, of each part on a multipart
-  upload (composite checksum, announced by ``x-amz-checksum-algorithm`` on
-  CreateMultipartUpload), which S3 verifies. Every request is also SigV4-signed
-  over its payload hash (``x-amz-content-sha256``). Pass ``None`` to turn the
-  checksum off for a store that rejects it.
+  the base64 SHA-256 of the body on a single PUT, which S3 and R2 verify.
+  obstore's multipart uploads (a streamed ``put`` longer than a part) go
+  through a second obstore store without it: obstore's only part checksum is
+  SHA-256, which R2 refuses on UploadPart (501 NotImplemented). Every obstore
+  request is also SigV4-signed over its payload hash (``x-amz-content-sha256``).
+  Pass ``None`` to turn checksums off for a store that rejects them.
 
 Large files go through the part-level calls of :class:`MultipartStore`
 (:mod:`ursa_daemon.store.multipart`, over botocore): resumable multipart
@@ -100,11 +101,34 @@ class S3Store(ObstoreBackend):
             read_timeout=read_timeout,
         )
         config: dict[str, Any] = {"endpoint": endpoint, "region": region}
+        options = self._obstore_options(
+            allow_http, connect_timeout, read_timeout, request_timeout, max_retries, retry_timeout,
+            init_backoff, max_backoff,
+        )
+        plain = _ObS3Store(bucket, config=dict(config), **options)  # type: ignore[arg-type]
+        self._store = plain
         if checksum_algorithm:
             config["checksum_algorithm"] = checksum_algorithm
-        self._store = _ObS3Store(
-            bucket,
-            config=config,  # type: ignore[arg-type]
+            self._store = _ObS3Store(bucket, config=config, **options)  # type: ignore[arg-type]
+        # obstore's only part checksum is sha256, which R2 refuses on UploadPart (501):
+        # its multipart uploads (large streamed ``put`` bodies) go without one
+        self._plain = plain
+
+    def _multipart_store(self) -> Any:
+        return self._plain
+
+    def _obstore_options(
+        self,
+        allow_http: bool,
+        connect_timeout: float,
+        read_timeout: float,
+        request_timeout: float,
+        max_retries: int,
+        retry_timeout: float,
+        init_backoff: float,
+        max_backoff: float,
+    ) -> dict[str, Any]:
+        return dict(
             client_options={
                 "allow_http": allow_http,
                 "connect_timeout": timedelta(seconds=connect_timeout),
@@ -180,9 +204,9 @@ class S3Store(ObstoreBackend):
         """Start a multipart upload carrying the ``sha256`` user metadata; its upload id."""
         return self._parts.create_multipart(check_key(key), sha256=sha256)
 
-    def upload_part(self, key: str, upload_id: str, number: int, body: StreamBody, *, size: int, sha256: str) -> str:
-        """Send one part (checksum ``sha256``, verified by the server); its ETag."""
-        return self._parts.upload_part(check_key(key), upload_id, number, body, size=size, sha256=sha256)
+    def upload_part(self, key: str, upload_id: str, number: int, body: StreamBody, *, size: int, crc32c: int) -> str:
+        """Send one part (checksum ``crc32c``, verified by the server); its ETag."""
+        return self._parts.upload_part(check_key(key), upload_id, number, body, size=size, crc32c=crc32c)
 
     def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
         """The server's own list of the parts of ``upload_id``; ``UploadGone`` if it forgot it."""
