@@ -142,3 +142,30 @@ def test_non_latin_and_blank_participants_register(local_daemon) -> None:
     participant = daemon.data._write_catalog().get_participant(pid)
     assert participant is not None and participant.display_name == "李小龍"
     assert daemon.data.query(rec_id=blank.name)[0].participant_ids == []
+
+
+def test_ingest_json_on_an_unexpected_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A bug in the ingest path still ends in the one JSON document with error and exit_code."""
+    import yaml
+
+    import ursa_daemon.ingest as ingest_mod
+    from ursa_daemon.cli import main
+
+    raw = local_config_dict(tmp_path)
+    (tmp_path / "recordings").mkdir()
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    rec = _session(tmp_path / "recordings", 1, b"x")
+
+    def buggy(*a: Any, **kw: Any) -> Any:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(ingest_mod, "ingest", buggy)
+    with pytest.raises(SystemExit) as info:
+        main(["--config", str(config), "ingest", str(rec), "--json"])
+    assert info.value.code == 1
+    out = capsys.readouterr()
+    doc = json.loads(out.out)
+    assert doc == {"error": "ZeroDivisionError: a bug", "exit_code": 1}
+    assert "Traceback" in out.err

@@ -1,9 +1,11 @@
 """Hostile input, property-based: odd directory trees and manifests end registered (and read back
 byte-exact) or rejected with a reason naming the session; never a crash, never a partial registration.
 
-The daemon runs in-process here (``Daemon.process``, what ``run`` and ``drain`` call per session) against
-moto, so an example costs a fraction of a second. Profiles: ``ci`` (the default: few examples,
-derandomized, so every CI run tries the same inputs) and ``thorough`` (``HYPOTHESIS_PROFILE=thorough``).
+The first tests run the daemon in-process (``Daemon.process``, what ``run`` and ``drain`` call per
+session) against moto, so an example costs a fraction of a second. The last two write whole batches
+of hostile sessions and run the real ``drain`` and ``run`` processes over them, on both profiles.
+Profiles: ``ci`` (the default: few examples, derandomized, so every CI run tries the same inputs) and
+``thorough`` (``HYPOTHESIS_PROFILE=thorough``, with ``--timeout 3600``).
 """
 
 from __future__ import annotations
@@ -217,3 +219,267 @@ def test_a_thousand_tiny_and_empty_files(hostile, tmp_path: Path) -> None:
     seen = Seen()
     assert _ingest_and_judge(config, daemon, rec, seen) == "registered"
     check_invariants(config, valid=[rec])
+
+
+# -- whole sessions through the real processes (issue 12) -----------------------------------
+#
+# Hypothesis writes a batch of whole sessions (trees, names, manifests, participants, links,
+# copies) into a fresh root and runs the real `ursa-daemon drain --json` or `run` process over
+# it, on the local profile and on moto. Each generated session knows the verdict it must get:
+# a clean session is registered; one with a hostile feature is rejected. The process must never
+# die, every session must end in exactly one of registered/rejected/failed with a reason (in the
+# drain document and in `status --json`), and the five invariants must hold.
+
+_GOOD_WORKERS = ["eeg", "eeg_a", "camera_0", "mic_b2", "notes_x.y-z"]
+_GOOD_NAMES = ["seg_000001.bin", "a b.bin", "ünï çødé.bin", "日本語.dat", "emoji😀", "take#1.bin", "#x",
+               "manifest.json", "participant.txt", "d/e/deep.bin", "x.part", ".hidden"]
+#: (name as bytes, why it is refused)
+_BAD_NAMES = [(b"bad\xff.bin", "not UTF-8"), (b"take#2", "#<digits>"), (b"tab\tx", "control"),
+              (b"/".join([b"d" * 200] * 5) + b"/x.bin", "1024 bytes")]
+_BAD_MANIFESTS: dict[str, Any] = {
+    "duration_1e300": {"duration_s": 1e300},
+    "start_10e30": {"start_time": 10**30},
+    "end_year_9999": {"end_time": "9999-01-01T00:00:00+00:00"},
+    "nan_device_info": {"device_info": {"x": float("nan")}},
+    "huge_rate": {"workers": {"eeg": {"sampling_rate": 10**400}}},
+    "deep": "deep",
+    "directory": "directory",
+    "not_json": "not_json",
+    "wrong_id": {"recording_id": "rec_20990101_000000_ffff"},
+}
+
+
+@st.composite
+def session_specs(draw: Any) -> dict[str, Any]:
+    """One whole session: what to write, and the verdict it must get."""
+    workers = draw(st.lists(st.sampled_from(_GOOD_WORKERS), min_size=1, max_size=3, unique=True))
+    files: dict[bytes, bytes] = {}
+    for w in workers:
+        for name in draw(st.lists(st.sampled_from(_GOOD_NAMES), min_size=1, max_size=3, unique=True)):
+            files[f"{w}/{name}".encode()] = draw(st.binary(max_size=200))
+    bad: list[str] = []
+    if draw(st.integers(0, 4)) == 0:
+        name, why = draw(st.sampled_from(_BAD_NAMES))
+        files[workers[0].encode() + b"/" + name] = b"bad name"
+        bad.append(why)
+    if draw(st.integers(0, 6)) == 0:  # eeg and eeg_ are the same modality
+        files[b"eeg/c1.bin"], files[b"eeg_/c2.bin"] = b"c1", b"c2"
+        bad.append("same modality")
+    manifest = draw(st.sampled_from(["ok", "ok", "ok", "listed", *sorted(_BAD_MANIFESTS)]))
+    if manifest not in ("ok", "listed"):
+        bad.append(manifest)
+    participant = draw(st.sampled_from([None, None, "Aria Lin", "李小龍", "", b"\xff\xfe", "directory"]))
+    if participant in (b"\xff\xfe", "directory"):
+        bad.append("participant")
+    extra = draw(st.sampled_from(["", "", "", "hardlink_out", "symlink_in", "rec_link", "copy"]))
+    if extra in ("symlink_in", "rec_link"):
+        bad.append(extra)
+    return {"files": files, "manifest": manifest, "participant": participant, "extra": extra, "bad": bad}
+
+
+def _write_spec(root: Path, outside: Path, n: int, spec: dict[str, Any], clean: list[Path]) -> tuple[Path, str]:
+    """Write one session; returns its path and the verdict it must get (registered or rejected)."""
+    rec = root / f"rec_20260401_{n:06d}_{next(_ids):06x}"
+    bad = list(spec["bad"])
+    extra = spec["extra"]
+    if extra == "copy" and not clean:
+        extra = ""
+    target = rec
+    if extra == "rec_link":  # the session's real directory is elsewhere; the root holds a link
+        target = outside / rec.name
+    target.mkdir(parents=True)
+    if extra == "copy":  # byte-identical data to an earlier clean session: rejected, it says why
+        src = clean[0]
+        for p in sorted(src.rglob("*")):
+            rel = p.relative_to(src)
+            if p.is_file() and rel.parts[0] not in ("manifest.json", "participant.txt"):
+                (target / rel).parent.mkdir(parents=True, exist_ok=True)
+                (target / rel).write_bytes(p.read_bytes())
+        bad = ["copy"]
+    else:
+        for rel, body in spec["files"].items():
+            p = os.path.join(os.fsencode(target), rel)
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            with open(p, "wb") as f:
+                f.write(body)
+        stamp = target / "zstamp" / "id.bin"  # no two sessions hash alike unless meant to
+        stamp.parent.mkdir(exist_ok=True)
+        stamp.write_bytes(rec.name.encode())
+        first = sorted(p for p in target.iterdir() if p.is_dir())[0]
+        if extra == "hardlink_out":  # a hard link is the file itself: data like any other
+            out = outside / f"{rec.name}.bin"
+            out.write_bytes(b"outside " + rec.name.encode())
+            os.link(out, first / "hard.bin")
+        elif extra == "symlink_in":
+            os.symlink("/etc/hostname", first / "link.bin")
+    p = spec["participant"]
+    if p == "directory":
+        (target / "participant.txt").mkdir()
+    elif isinstance(p, bytes):
+        (target / "participant.txt").write_bytes(p)
+    elif p is not None:
+        (target / "participant.txt").write_text(p + "\n", encoding="utf-8")
+    doc: dict[str, Any] = {"recording_id": rec.name, "start_time": "2026-05-20T19:56:28.120+00:00",
+                           "duration_s": 60.0}
+    kind = spec["manifest"] if extra != "copy" else "ok"
+    mpath = target / "manifest.json"
+    if kind == "deep":
+        mpath.write_bytes(b'{"recording_id": "%s", "start_time": 1, "x": ' % rec.name.encode() + b"[" * 5000
+                          + b"]" * 5000 + b"}")
+    elif kind == "directory":
+        mpath.mkdir()
+    elif kind == "not_json":
+        mpath.write_bytes(b"{not json")
+    else:
+        if kind == "listed":
+            doc["files"] = [{"rel_path": os.fsdecode(r), "size": len(b)} for r, b in spec["files"].items()
+                            if os.fsdecode(r).rsplit("/", 1)[-1] not in (".hidden", "x.part")
+                            and not os.fsdecode(r).rsplit("/", 1)[-1].startswith(".")]
+            doc["files"].append({"rel_path": "zstamp/id.bin", "size": len(rec.name)})  # keeps it unique
+        elif kind in _BAD_MANIFESTS:
+            doc.update(_BAD_MANIFESTS[kind])
+        mpath.write_text(json.dumps(doc))
+    if extra == "rec_link":
+        os.symlink(target, rec, target_is_directory=True)
+    age(target, 200.0 if extra != "copy" else 150.0)  # a copy is younger than its original
+    verdict = "rejected" if bad else "registered"
+    if verdict == "registered":
+        clean.append(rec)
+    return rec, verdict
+
+
+#: whole batches through a real process cost seconds each: 3 (drain) and 2 (run) per profile by
+#: default, 40 with HYPOTHESIS_PROFILE=thorough (run it with --timeout 3600)
+_THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
+_drain_examples = settings(max_examples=40 if _THOROUGH else 3)
+_run_examples = settings(max_examples=40 if _THOROUGH else 2)
+
+
+@pytest.fixture(params=["local", "s3"])
+def profile_config(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """A config file for the local profile or for moto (settle 0, fast rescans)."""
+    import yaml
+    from conftest import local_config_dict
+
+    if request.param == "s3":
+        server = request.getfixturevalue("moto_server")
+        request.getfixturevalue("s3_env")
+        return make_config(tmp_path, server.endpoint, *request.getfixturevalue("s3_buckets"))
+    doc = local_config_dict(tmp_path)
+    doc["watch"] = {"settle_seconds": 0.0, "rescan_seconds": 1.0, "retry_check_seconds": 0.5}
+    doc["activity"] = {"quiet_seconds": 0.0}
+    (tmp_path / "recordings").mkdir(exist_ok=True)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _example_config(base: Path, root: Path, state: Path) -> Path:
+    """The base config with its own recordings root and state (the store and catalog are shared)."""
+    import yaml
+
+    doc = yaml.safe_load(base.read_text())
+    doc["recordings_root"], doc["state_dir"] = str(root), str(state)
+    path = root.parent / "config.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _write_batch(base: Path, specs: list[dict[str, Any]]) -> tuple[Path, Path, dict[str, tuple[Path, str]]]:
+    ex = base.parent / f"ex{next(_ids)}"
+    root, outside = ex / "recordings", ex / "outside"
+    root.mkdir(parents=True)
+    outside.mkdir()
+    clean: list[Path] = []
+    written = [_write_spec(root, outside, i, spec, clean) for i, spec in enumerate(specs)]
+    return _example_config(base, root, ex / "state"), root, {rec.name: (rec, v) for rec, v in written}
+
+
+def _judge_status(config: Path, expected: dict[str, tuple[Path, str]], got: dict[str, str]) -> None:
+    """``status --json`` has a row per session, in the verdict it got, a reason for every refusal."""
+    from harness import cli
+
+    proc = cli(config, "status", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {s["rec_id"]: s for s in json.loads(proc.stdout)["sessions"]}
+    for rec_id in expected:
+        row = rows.get(rec_id)
+        assert row is not None, f"{rec_id} has no status row"
+        assert row["state"] == got[rec_id], (rec_id, row)
+        if row["state"] in ("rejected", "failed"):
+            assert row["last_error"] and rec_id in row["last_error"] and "\n" not in row["last_error"], row
+
+
+def _judge_and_record(expected: dict[str, tuple[Path, str]], got: dict[str, str], seen: Seen,
+                      reasons: dict[str, str] | None = None) -> None:
+    wrong = {r: (v, got.get(r), (reasons or {}).get(r)) for r, (_, v) in expected.items() if got.get(r) != v}
+    assert not wrong, f"verdicts (expected, got): {wrong}"
+    for rec_id, (rec, verdict) in expected.items():
+        if verdict == "registered":
+            seen.registered.append(rec)
+        else:
+            seen.rejected.append(rec_id)
+
+
+def test_whole_hostile_sessions_through_the_real_drain(profile_config: Path) -> None:
+    from harness import cli
+
+    seen = Seen()
+
+    @_drain_examples
+    @given(specs=st.lists(session_specs(), min_size=2, max_size=6))
+    def one(specs: list[dict[str, Any]]) -> None:
+        config, root, expected = _write_batch(profile_config, specs)
+        proc = cli(config, "drain", "--json")
+        assert proc.returncode in (0, 1), (proc.returncode, proc.stderr[-3000:])
+        doc = json.loads(proc.stdout)
+        got: dict[str, str] = {}
+        reasons: dict[str, str] = {}
+        for key, items in doc.items():
+            if not isinstance(items, list):
+                continue
+            for item in items:
+                rec_id = item if isinstance(item, str) else item["rec_id"]
+                assert rec_id not in got, f"{rec_id} in two lists of the drain document"
+                got[rec_id] = key
+                reasons[rec_id] = item.get("error", "") if isinstance(item, dict) else ""
+                if isinstance(item, dict):
+                    assert item.get("error") and rec_id in item["error"], item
+        assert set(got) == set(expected), (sorted(got), sorted(expected))
+        assert proc.returncode == (1 if any(v != "registered" for v in got.values()) else 0)
+        _judge_and_record(expected, got, seen, reasons)
+        _judge_status(config, expected, got)
+        check_invariants(config, valid=seen.registered, invalid=seen.rejected)
+
+    one()
+
+
+def test_whole_hostile_sessions_leave_the_real_run_alive(profile_config: Path) -> None:
+    from harness import DaemonProc
+
+    seen = Seen()
+    terminal = {"session.done": "registered", "session.rejected": "rejected", "session.failed": "failed"}
+
+    @_run_examples
+    @given(specs=st.lists(session_specs(), min_size=2, max_size=5))
+    def one(specs: list[dict[str, Any]]) -> None:
+        config, root, expected = _write_batch(profile_config, specs)
+        proc = DaemonProc(config, "run", log=root.parent / "run.log")
+        got: dict[str, str] = {}
+        reasons: dict[str, str] = {}
+        try:
+            while set(got) != set(expected):
+                ev = proc.wait_event(lambda e: e.get("event") in terminal and e.get("rec_id") in expected,
+                                     timeout=120)
+                assert ev is not None, f"run died or stalled (rc {proc.proc.poll()}):\n{proc.text()}"
+                got.setdefault(ev["rec_id"], terminal[ev["event"]])
+                reasons.setdefault(ev["rec_id"], ev.get("error", ""))
+            assert proc.proc.poll() is None, "run exited"
+        finally:
+            rc = proc.stop(timeout=60)
+        assert rc == 0, proc.text()
+        _judge_and_record(expected, got, seen, reasons)
+        _judge_status(config, expected, got)
+        check_invariants(config, valid=seen.registered, invalid=seen.rejected)
+
+    one()

@@ -3,7 +3,6 @@ manifest from disk or from the store (Path C)."""
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -34,6 +33,7 @@ from ursa_daemon.manifest import (
     is_data_name,
     manifest_bytes,
     merge_node_manifests,
+    parse_json_document,
     parse_time_ns,
     recording_hash,
     rel_key,
@@ -63,17 +63,12 @@ def _load_store_json(store: Store, key: str, rec_id: str) -> dict[str, Any]:
     meta = store.head(key)
     if meta.size > MAX_MANIFEST_BYTES:
         raise InputError(f"{rec_id}: {key} is {meta.size} bytes, too large for a manifest", rec_id=rec_id, file=key)
-    try:
-        doc = json.loads(store.get(key))
-    except ValueError:
+    try:  # UTF-8, bounded in size and depth: never a RecursionError
+        return parse_json_document(store.get(key), rec_id, key)
+    except InputError as exc:
         raise InputError(
-            f"{rec_id}: {key} in the store is not valid JSON; run `ursa-daemon reconstruct-manifest {rec_id}`",
-            rec_id=rec_id,
-            file=key,
+            f"{exc} (in the store; or run `ursa-daemon reconstruct-manifest {rec_id}`)", rec_id=rec_id, file=key
         ) from None
-    if not isinstance(doc, dict):
-        raise InputError(f"{rec_id}: {key} must hold a JSON object", rec_id=rec_id, file=key)
-    return doc
 
 
 def _store_manifest(store: Store, rec_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -9,7 +9,6 @@ a row whose download would 404.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from ursa_daemon.manifest import (
     load_session,
     manifest_bytes,
     node_files,
+    parse_json_document,
     participant_id,
     rel_key,
     split_worker,
@@ -387,10 +387,9 @@ def object_sha256(store: Store, key: str) -> str:
 def _stored_manifest(store: Store, rec_id: str) -> dict[str, Any] | None:
     """The session's ``manifest.json`` in the store, or None (absent or unreadable)."""
     try:
-        doc = json.loads(store.get(rel_key(rec_id, MANIFEST_NAME)))
-    except (ObjectNotFound, ValueError):
+        return parse_json_document(store.get(rel_key(rec_id, MANIFEST_NAME)), rec_id, MANIFEST_NAME)
+    except (ObjectNotFound, InputError):
         return None
-    return doc if isinstance(doc, dict) else None
 
 
 def _stored_hashes(doc: dict[str, Any] | None) -> dict[str, str]:

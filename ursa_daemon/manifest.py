@@ -41,6 +41,7 @@ __all__ = [
     "load_session",
     "node_files",
     "parse_time_ns",
+    "parse_json_document",
     "participant_id",
     "read_manifest",
     "read_participant",

@@ -98,8 +98,8 @@ class _Expected:
 def _load_json(store: Store, key: str, retry: RetryPolicy) -> dict[str, Any]:
     raw = call_with_retry(lambda: store.get(key), key=key, op="get", retry=retry)
     try:
-        doc = json.loads(raw)
-    except ValueError:
+        doc: Any = json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python parses
         doc = None
     if not isinstance(doc, dict):
         raise InputError(f"{key} in the store is not a JSON object; run `ursa-daemon reconstruct-manifest`", file=key)
