@@ -64,6 +64,7 @@ def test_reconstruct_from_store_then_register(data: DataInterface) -> None:
     with pytest.raises(InputError, match="reconstruct-manifest"):
         register_from_store(data, REC)
     doc = reconstruct_from_store(data, REC)
+    assert doc["reconstruction"]["reconstructed_participant"] is True and "participant" not in doc
     assert doc["recording_hash"] == recording_hash(hashlib.sha256(b).hexdigest() for b in FILES.values())
     assert json.loads(data.store("raw_ro").get(f"recordings/{REC}/manifest.json"))["recording_hash"] == doc[
         "recording_hash"

@@ -222,7 +222,7 @@ def test_path_c_reconstruct_then_register(at_site: Site, capsys: pytest.CaptureF
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads(at_site.object(LEGACY, "manifest.json"))
     assert sorted(f["rel_path"] for f in manifest["files"]) == sorted(files)
-    assert manifest["participant"] == "Aria Lin" and "reconstruction" in manifest
+    assert manifest["participant"] == "Aria Lin" and manifest["reconstruction"]["reconstructed_participant"] is False
     again = subprocess.run(cmd, cwd=at_site.dir, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and json.loads(at_site.object(LEGACY, "manifest.json")) == manifest
 

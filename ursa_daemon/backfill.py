@@ -250,7 +250,9 @@ def _reconstructed(rec_id: str, files: list[FileEntry], participant: str | None)
         "recording_id": rec_id,
         "start_time": _start_from_rec_id(rec_id),
         "reconstruction": {"reconstructed_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                           "start_time_from": "rec_id (assumed UTC)"},
+                           "start_time_from": "rec_id (assumed UTC)",
+                           # the runbook's flag: no participant.txt (or a blank one) to take the name from
+                           "reconstructed_participant": not participant},
     }
     if participant:
         doc["participant"] = participant
