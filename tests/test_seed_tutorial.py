@@ -17,6 +17,7 @@ import random
 import re
 import sys
 import tempfile
+import threading
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -197,12 +198,16 @@ def test_raw_and_processed_sources(at_site: Site, tmp_path: Path) -> None:
 def test_streamlit_progress_callback(at_site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, Any]] = []
 
+    threads: set[int] = set()
+
     class Status:
         def update(self, **kw: Any) -> None:
+            threads.add(threading.get_ident())
             calls.append(("status.update", kw))
 
     class Bar:
         def progress(self, value: float) -> None:
+            threads.add(threading.get_ident())
             calls.append(("bar.progress", value))
 
     st = types.ModuleType("streamlit")
@@ -222,6 +227,7 @@ def test_streamlit_progress_callback(at_site: Site, tmp_path: Path, monkeypatch:
     bar = [v for what, v in calls if what == "bar.progress"]
     assert bar == sorted(bar) and bar[-1] == 1.0 and all(0.0 <= v <= 1.0 for v in bar)
     assert tree(dest) == {k.replace("processed/", ""): b for k, b in at_site.processed.items()}
+    assert threads == {threading.get_ident()}  # "invoked synchronously on the thread that called download()"
 
 
 class _Records(logging.Handler):
