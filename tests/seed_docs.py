@@ -45,6 +45,15 @@ def shared_copy(name: str) -> Path | None:
     return None
 
 
+def check_shared_copy(name: str) -> None:
+    """The vendored copy is still the seed in ``shared/seeds/`` (when that folder is found)."""
+    shared = shared_copy(name)
+    if shared is not None:
+        assert shared.read_text(encoding="utf-8") == text(name), (
+            f"tests/seed_docs/{name} differs from {shared}: copy it over and rerun the seed tests"
+        )
+
+
 def _code_part(line: str) -> str:
     """``line`` without a trailing ``#`` comment (quotes respected)."""
     quote = None

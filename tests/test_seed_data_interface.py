@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import local_config_dict
-from seed_docs import shared_copy, text
+from conftest import local_config_dict, s3_config_dict
+from seed_docs import check_shared_copy, text
 
 import ursa
 from ursa import DataInterface
 from ursa.catalog import CatalogRowExists, WritesNotEnabled
+from ursa_daemon.errors import CredentialError
 
 DOC = text("data_interface.txt")
 H1, H2, H3 = "1" * 64, "2" * 64, "3" * 64
@@ -57,9 +58,7 @@ def _default(node: ast.expr) -> Any:
 
 
 def test_vendored_source_is_the_seed() -> None:
-    shared = shared_copy("data_interface.txt")
-    if shared is not None:
-        assert shared.read_text(encoding="utf-8") == DOC
+    check_shared_copy("data_interface.txt")
 
 
 def test_every_seed_method_is_there() -> None:
@@ -142,6 +141,15 @@ def test_profile_and_path(tmp_path: Path, store: Path, monkeypatch: pytest.Monke
     cfg["profiles"]["lab"] = cfg["profiles"]["local"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert DataInterface(profile="lab").profile == "lab"
+    cfg["profiles"]["r2"] = s3_config_dict("http://127.0.0.1:9", "raw", "assets", tmp_path)["profiles"]["s3"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    for role in ("ASSETS_RO", "ASSETS_RW", "RAW_RW"):
+        monkeypatch.delenv(f"URSA_{role}_KEY_ID", raising=False)
+    lazy = DataInterface()  # credentials are resolved on first use, not at construction
+    with pytest.raises(CredentialError, match="URSA_ASSETS_RO_KEY_ID"):
+        lazy.query()
+    del cfg["profiles"]["r2"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ValueError, match=r"'r2' is not in profiles.*\['lab', 'local'\]"):
         DataInterface()  # profile="r2" by default, as in the seeds; this config has none
 

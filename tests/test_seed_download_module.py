@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from harness import write_session
-from seed_docs import shared_copy, text
+from seed_docs import check_shared_copy, text
 
 from ursa import DataInterface, QueryResult
 
@@ -46,9 +46,7 @@ def results(data: DataInterface) -> dict[str, QueryResult]:
 
 
 def test_vendored_module_is_the_seed() -> None:
-    shared = shared_copy("download_module.txt")
-    if shared is not None:
-        assert shared.read_text(encoding="utf-8") == DOC
+    check_shared_copy("download_module.txt")
 
 
 @pytest.mark.parametrize("layout", sorted(layouts()))

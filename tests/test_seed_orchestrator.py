@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from harness import write_session
-from seed_docs import shared_copy, text
+from seed_docs import check_shared_copy, text
 
 import ursa
 from ursa import DataInterface, IngestResult, UploadProgress
@@ -42,9 +42,7 @@ def _function_args(name: str) -> ast.arguments:
 
 
 def test_vendored_doc_is_the_seed() -> None:
-    shared = shared_copy("ingest_orchestrator.txt")
-    if shared is not None:
-        assert shared.read_text(encoding="utf-8") == DOC
+    check_shared_copy("ingest_orchestrator.txt")
 
 
 def test_result_and_progress_fields_are_the_seeds() -> None:

@@ -27,7 +27,7 @@ import pytest
 import yaml
 from conftest import MOTO_KEY_ID, MOTO_SECRET, MotoServer, s3_config_dict
 from harness import cli, write_session
-from seed_docs import block_with, replace, section, shared_copy, text
+from seed_docs import block_with, check_shared_copy, replace, section, text
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = text("offline_ingest_runbook.txt")
@@ -110,9 +110,7 @@ def run(src: str, ns: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def test_vendored_runbook_is_the_seed() -> None:
-    shared = shared_copy("offline_ingest_runbook.txt")
-    if shared is not None:
-        assert shared.read_text(encoding="utf-8") == DOC
+    check_shared_copy("offline_ingest_runbook.txt")
 
 
 def test_config_selection(at_site: Site, monkeypatch: pytest.MonkeyPatch) -> None:

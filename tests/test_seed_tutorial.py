@@ -28,7 +28,7 @@ import pytest
 import yaml
 from conftest import MOTO_KEY_ID, MOTO_SECRET, MotoServer, s3_config_dict
 from harness import cli, write_session
-from seed_docs import block_with, replace, shared_copy, table_value, text
+from seed_docs import block_with, check_shared_copy, replace, table_value, text
 
 DOC = text("download_tutorial.txt")
 DOC_HASH = "1ad200d69a2f8d36424e5ad00e1b4196f45c30fca791b623f6a060bddca446a3"
@@ -146,9 +146,7 @@ def tree(dest: Path) -> dict[str, bytes]:
 
 
 def test_vendored_tutorial_is_the_seed() -> None:
-    shared = shared_copy("download_tutorial.txt")
-    if shared is not None:
-        assert shared.read_text(encoding="utf-8") == DOC
+    check_shared_copy("download_tutorial.txt")
 
 
 def test_minimal_call_downloads_the_processed_assets(at_site: Site, tmp_path: Path) -> None:
