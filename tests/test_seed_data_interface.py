@@ -238,6 +238,11 @@ def test_query_status_and_the_processed_store_filters(data: DataInterface) -> No
     assert [r.recording_hash for r in data.query(spec, status="raw")] == [H2]
     with pytest.raises(TypeError, match="not both"):
         data.query(spec, recording_hash=H1)
+    assert [r.recording_hash for r in data.query(spec, recording_hash=None, status="raw")] == [H2]
+    with pytest.raises(TypeError, match="unexpected"):
+        data.query(recordinghash=H1)
+    with pytest.raises(ValueError, match="limit"):
+        data.query(limit=0)
 
 
 def test_legacy_id_of_rows_registered_before_it_was_written(tmp_path: Path, data: DataInterface) -> None:

@@ -377,17 +377,22 @@ class DataInterface:
         limit = filters.pop("limit", None)
         if status not in _STATUS_ROWS:
             raise ValueError(f"status must be one of {sorted(_STATUS_ROWS)}; got {status!r}")
+        unknown = sorted(k for k in filters if k not in _FILTERS)
+        if unknown:
+            raise TypeError(f"DataInterface.query() got unexpected keyword argument(s) {unknown}; filters: {_FILTERS}")
         if spec is not None:
             given = [k for k in _FILTERS if filters.get(k) is not None]
-            if given or filters:
+            if given:
                 raise TypeError(
-                    f"DataInterface.query(spec=..., {(given or sorted(filters))[0]}=...): pass either a "
-                    f"QuerySpec or individual filter kwargs, not both. Offending kwargs: {given or sorted(filters)!r}."
+                    f"DataInterface.query(spec=..., {given[0]}=...): pass either a QuerySpec or individual "
+                    f"filter kwargs, not both. Offending kwargs: {given!r}."
                 )
         else:
             spec = QuerySpec(**filters)
         if limit is None:
             limit = spec.limit
+        elif isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive integer; got {limit!r}")
         meta = dict(spec.metadata) if spec.metadata is not None else None
         rec_id = spec.rec_id
         if meta is not None and LEGACY_ID_KEY in meta:  # rows registered before it was written lack it
