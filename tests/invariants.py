@@ -81,6 +81,18 @@ def _s3_client(profile: S3Profile) -> Any:
     )
 
 
+def _node_union(raw: Any, rec_id: str) -> dict[str, Any] | None:
+    """The union of a dual-node session's uploaded node manifests, as one manifest (None if none)."""
+    files: dict[str, Any] = {}
+    for meta in raw.list(f"recordings/{rec_id}/_node_manifests/"):
+        for f in json.loads(raw.get(meta.key)).get("files", []):
+            files[f["rel_path"]] = f
+    if not files:
+        return None
+    union = sorted(files.values(), key=lambda f: f["rel_path"])
+    return {"files": union, "recording_hash": recording_hash(f["sha256"] for f in union)}
+
+
 def check_invariants(
     config: Config | Path,
     *,
@@ -118,8 +130,10 @@ def check_invariants(
         try:
             doc = json.loads(raw.get(f"recordings/{row.rec_id}/manifest.json"))
         except ObjectNotFound:
-            rep.fail(f"inv1: {row.rec_id} is registered but recordings/{row.rec_id}/manifest.json is missing")
-            continue
+            doc = _node_union(raw, row.rec_id)  # a dual-node session: its node manifests are the markers
+            if doc is None:
+                rep.fail(f"inv1: {row.rec_id} is registered but recordings/{row.rec_id}/manifest.json is missing")
+                continue
         manifests[row.rec_id] = doc
         files = doc.get("files", [])
         if doc.get("recording_hash") != row.recording_hash:

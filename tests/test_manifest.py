@@ -322,3 +322,13 @@ def test_non_latin_participant_keeps_its_name_and_gets_an_id(tmp_path: Path) -> 
     assert participant_id(" 李小龍 ") == pid and participant_id("李小虎") != pid
     assert participant_id("ΩΜΈΓΑ") == participant_id("ωμέγα")  # case-folded
     assert participant_id("Aria Lin") == "aria_lin" and participant_id("   ") == ""
+
+
+@pytest.mark.parametrize("fields", [{"nodes": "h1"}, {"nodes": 5}, {"nodes": [None]}, {"nodes": ["../x"]},
+                                    {"nodes": ["h1"], "workers": [1, 2]}])
+def test_node_manifest_fields_are_checked(tmp_path: Path, fields: dict[str, object]) -> None:
+    rec = make_session(tmp_path)
+    (rec / "manifest.json").unlink()
+    (rec / "_node_manifests").mkdir()
+    (rec / "_node_manifests" / "h1.json").write_text(json.dumps({"recording_id": REC, "start_time": 1, **fields}))
+    expect_error(rec, "_node_manifests", "fix the node manifest")

@@ -246,6 +246,8 @@ _BAD_MANIFESTS: dict[str, Any] = {
     "directory": "directory",
     "not_json": "not_json",
     "wrong_id": {"recording_id": "rec_20990101_000000_ffff"},
+    "node_bad_nodes": {"nodes": "h1"},  # a node manifest whose nodes is not a list of hosts
+    "node_bad_workers": {"nodes": ["h1"], "workers": [1]},
 }
 
 
@@ -265,8 +267,8 @@ def session_specs(draw: Any) -> dict[str, Any]:
     if draw(st.integers(0, 6)) == 0:  # eeg and eeg_ are the same modality
         files[b"eeg/c1.bin"], files[b"eeg_/c2.bin"] = b"c1", b"c2"
         bad.append("same modality")
-    manifest = draw(st.sampled_from(["ok", "ok", "ok", "listed", *sorted(_BAD_MANIFESTS)]))
-    if manifest not in ("ok", "listed"):
+    manifest = draw(st.sampled_from(["ok", "ok", "ok", "listed", "node_ok", *sorted(_BAD_MANIFESTS)]))
+    if manifest not in ("ok", "listed", "node_ok"):
         bad.append(manifest)
     participant = draw(st.sampled_from([None, None, "Aria Lin", "李小龍", "", b"\xff\xfe", "directory"]))
     if participant in (b"\xff\xfe", "directory"):
@@ -336,8 +338,13 @@ def _write_spec(root: Path, outside: Path, n: int, spec: dict[str, Any], clean: 
                             if os.fsdecode(r).rsplit("/", 1)[-1] not in (".hidden", "x.part")
                             and not os.fsdecode(r).rsplit("/", 1)[-1].startswith(".")]
             doc["files"].append({"rel_path": "zstamp/id.bin", "size": len(rec.name)})  # keeps it unique
-        elif kind in _BAD_MANIFESTS:
+        elif kind == "node_ok":  # a one-node session: its node manifest is the marker
+            doc["nodes"] = ["h1"]
+        if kind in _BAD_MANIFESTS:
             doc.update(_BAD_MANIFESTS[kind])
+        if kind.startswith("node_"):
+            mpath = target / "_node_manifests" / "h1.json"
+            mpath.parent.mkdir()
         mpath.write_text(json.dumps(doc))
     if extra == "rec_link":
         os.symlink(target, rec, target_is_directory=True)
@@ -407,7 +414,9 @@ def _judge_status(config: Path, expected: dict[str, tuple[Path, str]], got: dict
         assert row is not None, f"{rec_id} has no status row"
         assert row["state"] == got[rec_id], (rec_id, row)
         if row["state"] in ("rejected", "failed"):
-            assert row["last_error"] and rec_id in row["last_error"] and "\n" not in row["last_error"], row
+            assert row["last_error"] and "\n" not in row["last_error"], row
+        if row["state"] == "rejected":
+            assert rec_id in row["last_error"], row
 
 
 def _judge_and_record(expected: dict[str, tuple[Path, str]], got: dict[str, str], seen: Seen,
@@ -443,8 +452,10 @@ def test_whole_hostile_sessions_through_the_real_drain(profile_config: Path) -> 
                 assert rec_id not in got, f"{rec_id} in two lists of the drain document"
                 got[rec_id] = key
                 reasons[rec_id] = item.get("error", "") if isinstance(item, dict) else ""
-                if isinstance(item, dict):
+                if key == "rejected":  # bad input: the reason names the session
                     assert item.get("error") and rec_id in item["error"], item
+                elif isinstance(item, dict):
+                    assert item.get("error") or item.get("hint"), item
         assert set(got) == set(expected), (sorted(got), sorted(expected))
         assert proc.returncode == (1 if any(v != "registered" for v in got.values()) else 0)
         _judge_and_record(expected, got, seen, reasons)

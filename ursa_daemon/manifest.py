@@ -544,6 +544,28 @@ def read_manifest(rec_dir: Path) -> tuple[dict[str, Any], str]:
     return merge_node_manifests(docs, rec_id), NODE_MANIFEST_DIR
 
 
+def _check_node_fields(doc: dict[str, Any], rec_id: str) -> None:
+    """``nodes`` is a list of host names and ``workers`` an object, in a node manifest."""
+    nodes = doc.get("nodes")
+    if nodes is not None and (
+        not isinstance(nodes, list) or not all(isinstance(n, str) and NODE_NAME_RE.match(n) for n in nodes)
+    ):
+        raise InputError(
+            f"{rec_id}: {NODE_MANIFEST_DIR}: nodes must be a list of host names (letters, digits, '.', '_', '-'); "
+            f"got {json.dumps(nodes, default=str)[:80]}; fix the node manifest",
+            rec_id=rec_id,
+            file=NODE_MANIFEST_DIR,
+        )
+    workers = doc.get("workers")
+    if workers is not None and not isinstance(workers, dict):
+        raise InputError(
+            f"{rec_id}: {NODE_MANIFEST_DIR}: workers must be an object keyed by worker directory; "
+            "fix the node manifest",
+            rec_id=rec_id,
+            file=NODE_MANIFEST_DIR,
+        )
+
+
 def merge_node_manifests(docs: list[dict[str, Any]], rec_id: str) -> dict[str, Any]:
     """One manifest from the halves of a dual-node session (earliest start, latest end)."""
     merged: dict[str, Any] = dict(docs[0])
@@ -551,6 +573,7 @@ def merge_node_manifests(docs: list[dict[str, Any]], rec_id: str) -> dict[str, A
     workers: dict[str, Any] = {}
     nodes: list[str] = []
     for doc in docs:
+        _check_node_fields(doc, rec_id)
         if doc.get("recording_id") != merged.get("recording_id"):
             raise InputError(
                 f"{rec_id}: node manifests disagree on recording_id; each node's manifest must "
