@@ -125,7 +125,7 @@ def test_signalled_drain_exits_128_plus_signal_and_lists_every_session(tmp_path:
     recs = sessions(root, 3, 1 << 20, {1: 6 << 20})  # ~3 s at the cap: the signal lands mid-file
     drain = Proc(config, "drain", "--json")
     drain.wait_for("upload.file_done", recs[1].name)  # the small file: the large one goes next
-    while status(config)[recs[1].name]["bytes_done"] <= 100:  # ... and is mid-way
+    while drain.proc.poll() is None and status(config)[recs[1].name]["bytes_done"] <= 100:  # ... is mid-way
         pass
     drain.proc.send_signal(sig)
     rc, doc = drain.finish()
@@ -144,7 +144,7 @@ def test_signalled_drain_exits_128_plus_signal_and_lists_every_session(tmp_path:
     assert moved["state"] == "paused"
     assert moved["recording_hash"] is not None and moved["files_total"] == 2
     # the truth while paused: what the local copy kept (the small file and part of the large one)
-    kept = sum(p.stat().st_size for p in (tmp_path / "store" / "raw" / ".ursa-partial").rglob("*.bin.*"))
+    kept = sum(p.stat().st_size for p in (tmp_path / "store" / "raw" / ".ursa-partial").rglob("*-*"))
     assert 0 < kept < 6 << 20
     assert moved["bytes_done"] == 100 + kept and moved["bytes_total"] == (6 << 20) + 100
     if sig == signal.SIGTERM:
@@ -161,7 +161,7 @@ def test_signalled_drain_exits_128_plus_signal_and_lists_every_session(tmp_path:
     for rec in recs:
         assert (tmp_path / "store" / "raw" / "recordings" / rec.name / "eeg" / "a.bin").read_bytes() == \
             (rec / "eeg" / "a.bin").read_bytes()
-    assert not list((tmp_path / "store" / "raw" / ".ursa-partial").rglob("*.bin.*"))
+    assert not list((tmp_path / "store" / "raw" / ".ursa-partial").rglob("*-*"))
 
 
 def test_second_sigint_stops_at_once_and_still_accounts_for_every_session(tmp_path: Path) -> None:
@@ -222,8 +222,15 @@ def run_in_pty(config: Path, *args: str, columns: int = 80) -> tuple[int, str]:
     if pid == 0:  # the child: the real CLI on the terminal
         os.environ.update({"COLUMNS": str(columns), "LINES": "40", "TERM": "xterm-256color"})
         os.execv(sys.executable, [sys.executable, "-m", "ursa_daemon.cli", "--config", str(config), *args])
+    import select
+
     out = bytearray()
+    deadline = time.monotonic() + 180
     while True:
+        if time.monotonic() > deadline:  # a hung child must not hang the suite
+            os.kill(pid, signal.SIGKILL)
+        if not select.select([fd], [], [], 1.0)[0]:
+            continue
         try:
             chunk = os.read(fd, 65536)
         except OSError:  # EIO: the child closed the terminal
@@ -413,3 +420,34 @@ def test_ingest_of_a_missing_path_exits_2_saying_it_does_not_exist(tmp_path: Pat
     assert proc.returncode == 2 and f"{missing} does not exist" in proc.stderr, proc.stderr
     proc = cli(config, "ingest", "--json", str(missing))
     assert proc.returncode == 2 and "does not exist" in json.loads(proc.stdout)["error"]
+
+
+def test_a_partial_copy_another_process_holds_is_left_alone(tmp_path: Path) -> None:
+    """Two processes on one session (a `run` and an `ingest`): the second copies privately, and the
+    first one's partial copy, locked, is neither written nor moved."""
+    import fcntl
+    import hashlib
+
+    from ursa_daemon.manifest import FileEntry
+    from ursa_daemon.store.local import LocalStore
+    from ursa_daemon.uploader import RateLimiter, UploadLimits, _partial, upload_files
+
+    body = os.urandom(3 << 20)
+    rec = tmp_path / "rec_20260301_000001_abcd"
+    (rec / "eeg").mkdir(parents=True)
+    (rec / "eeg" / "a.bin").write_bytes(body)
+    entry = FileEntry("eeg/a.bin", len(body), hashlib.sha256(body).hexdigest())
+    store = LocalStore(tmp_path / "raw", bucket_kind="raw")
+    part = _partial(store, rec.name, entry)
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"theirs")
+    held = os.open(part, os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)  # another process is copying this file
+    try:
+        done = upload_files(store, rec, rec.name, [entry], should_stop=lambda: False, limits=UploadLimits(),
+                            limiter=RateLimiter(None), on_done=lambda _u: None)
+    finally:
+        os.close(held)
+    assert done
+    assert (tmp_path / "raw" / "recordings" / rec.name / "eeg" / "a.bin").read_bytes() == body
+    assert part.read_bytes() == b"theirs" and [p.name for p in part.parent.iterdir()] == [part.name]

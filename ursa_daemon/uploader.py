@@ -38,6 +38,7 @@ does not grow with the part size.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import random
@@ -944,9 +945,11 @@ def _per_file(
 
 
 def _partial(store: LocalStore, rec_id: str, entry: FileEntry) -> Path:
-    """The local profile's partial copy of ``entry``: named by its sha256, so it is only ever
-    continued with the same bytes."""
-    return Path(store.directory, PARTIAL_DIR, rec_id, f"{entry.rel_path}.{entry.sha256}")
+    """The local profile's partial copy of ``entry``: named by a digest of its rel_path (two
+    files never share one; any name length fits) and by its sha256, so it is only ever continued
+    with the same bytes."""
+    name = hashlib.sha256(entry.rel_path.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    return Path(store.directory, PARTIAL_DIR, rec_id, f"{name}-{entry.sha256}")
 
 
 def kept_partials(store: Store, rec_id: str, files: list[FileEntry]) -> dict[str, int]:
@@ -1002,22 +1005,52 @@ def _copy_local(
         if size != entry.size:
             raise _changed(rec_id, entry, f"is now {size} bytes (hashed at {entry.size})")
         for fresh in (False, True):
-            dst = os.open(part, os.O_RDWR | os.O_CREAT | (os.O_TRUNC if fresh else 0), 0o644)
+            dst, mine = _open_partial(part, fresh=fresh)
             try:
                 digest, kept = _copy_slices(
                     src, dst, entry, should_stop, cancel, limiter, limits, on_bytes, rec_id, key
                 )
+                if digest == entry.sha256:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(mine, dest)  # still holding the partial's lock: nobody moved it
+                    return
+                if fresh or not kept:
+                    raise _changed(rec_id, entry, "bytes changed since it was hashed")
+            except BaseException as exc:
+                if mine != part or isinstance(exc, InputError):  # a private or a wrong copy is not kept
+                    mine.unlink(missing_ok=True)
+                raise
             finally:
                 os.close(dst)
-            if digest == entry.sha256:
-                break
-            if fresh or not kept:
-                part.unlink(missing_ok=True)
-                raise _changed(rec_id, entry, "bytes changed since it was hashed")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(part, dest)
     finally:
         os.close(src)
+
+
+def _open_partial(part: Path, *, fresh: bool) -> tuple[int, Path]:
+    """The partial copy, locked (``flock``) so that no other process writes or moves it meanwhile;
+    if another holds it (two processes on one session), a private copy of ours that is not kept."""
+    for _ in range(3):
+        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            break
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.stat(part).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # moved into place by its previous holder while we waited: open the path again
+            os.close(fd)
+            continue
+        if fresh:
+            os.ftruncate(fd, 0)
+        return fd, part
+    private = part.with_name(f"{part.name}.{os.getpid()}-{threading.get_ident()}")
+    return os.open(private, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644), private
 
 
 def _copy_slices(
