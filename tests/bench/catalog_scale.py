@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -137,6 +138,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=40, help="point lookups per phase")
     args = ap.parse_args()
     weed = load_seaweed().SeaweedServer().start()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below: no weed left behind
     work = Path(tempfile.mkdtemp(prefix="ursa-bench-scale-"))
     results: list[dict[str, Any]] = []
     try:

@@ -27,6 +27,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -303,6 +304,7 @@ def main() -> None:
     harness = _load_harness()
     work = Path(tempfile.mkdtemp(prefix="ursa-bench-fleet-"))
     weed, metrics_port = start_weed()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below: no weed left behind
     results = []
     try:
         for n in (int(x) for x in args.rigs.split(",")):
