@@ -72,6 +72,8 @@ class R2Proxy:
         self.target = target
         self.min_part_size = min_part_size
         self.refused: Counter[str] = Counter()
+        #: UploadParts that went through to moto
+        self.parts_sent = 0
         #: (upload id, part number) -> size, as the parts went through
         self._parts: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
@@ -163,6 +165,7 @@ class R2Proxy:
 
     def note_part(self, query: dict[str, str], size: int) -> None:
         with self._lock:
+            self.parts_sent += 1
             self._parts[(query["uploadId"], int(query["partNumber"]))] = size
 
     def check_complete(self, query: dict[str, str], body: bytes) -> None:

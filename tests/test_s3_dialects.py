@@ -253,3 +253,51 @@ def test_seaweed_daemon_pause_and_resume_registers_byte_exact(  # type: ignore[n
     got = client.get_object(Bucket=seaweed_buckets[0], Key=key)
     assert got["Body"].read() == body and got["Metadata"]["sha256"] == hashlib.sha256(body).hexdigest()
     assert not client.list_multipart_uploads(Bucket=seaweed_buckets[0]).get("Uploads")
+
+
+def test_resume_proves_parts_the_journal_missed_from_list_parts(  # type: ignore[no-untyped-def]
+    moto_server, s3_buckets, s3_env, tmp_path: Path
+) -> None:
+    """Killed between the server's answer and the journal write: the next attempt finds those
+    parts in ListParts, proves them by their ETag (the MD5 of their bytes) and sends only the
+    rest; a listed part whose bytes are not the file's is sent again."""
+    import io
+
+    from ursa_daemon.state import MultipartRecord, StateDB
+    from ursa_daemon.store.multipart import b64_crc32c  # noqa: F401 - the header the parts carry
+
+    doc = s3_config_dict(moto_server.endpoint, *s3_buckets, tmp_path)
+    config = config_from_dict(doc, base_dir=tmp_path)
+    store = get_store(config.active_profile, "raw_rw")
+    assert isinstance(store, MultipartStore)
+    rec = tmp_path / "rec_20260520_195628_d00d"
+    body = os.urandom(4 * PART - 5)
+    (rec / REL).parent.mkdir(parents=True)
+    (rec / REL).write_bytes(body)
+    [entry] = hash_files(rec, [FileEntry(REL, len(body))], part_size=PART)
+    key = f"recordings/{rec.name}/{REL}"
+    state = StateDB(tmp_path / "state")
+    up = store.create_multipart(key, sha256=entry.sha256)
+    state.start_multipart(MultipartRecord(up, rec.name, REL, store.bucket, key, len(body), entry.sha256 or "", PART))
+    # parts 1 and 2 reached the server, the journal never heard of them; part 3 holds other bytes
+    for n in (1, 2):
+        chunk = body[(n - 1) * PART : n * PART]
+        store.upload_part(key, up, n, io.BytesIO(chunk), size=PART, crc32c=entry.part_crc32c[n - 1])
+    other = os.urandom(PART)
+    from ursa_daemon.uploader import _crc32c_extend
+
+    store.upload_part(key, up, 3, io.BytesIO(other), size=PART, crc32c=_crc32c_extend(0, other))
+    sent_before = moto_server.r2.parts_sent if moto_server.r2 else 0
+    with capture_logs() as logs:
+        done = upload_files(
+            store, rec, rec.name, [entry],
+            should_stop=lambda: False, limits=UploadLimits(part_size=PART), limiter=RateLimiter(None),
+            on_done=lambda _: None, journal=state,
+        )
+    assert done
+    [resumed] = [e for e in logs if e["event"] == "upload.multipart_resumed"]
+    assert resumed["upload_id"] == up
+    assert moto_server.client().get_object(Bucket=store.bucket, Key=key)["Body"].read() == body
+    if moto_server.r2 is not None:
+        assert moto_server.r2.parts_sent - sent_before == 2  # parts 3 (its bytes were not the file's) and 4
+    assert state.multipart_uploads() == []
