@@ -478,6 +478,11 @@ class _Job:
     def changed(self, what: str) -> InputError:
         return _changed(self.rec_id, self.entry, what)
 
+    @property
+    def server_checks(self) -> bool:
+        """The store sends each body's checksum for the server to verify (S3, R2, SeaweedFS, MinIO do)."""
+        return bool(getattr(self.store, "sends_checksums", False))
+
     def open(self) -> int:
         """Open the file; it must be the size (and, if hashing saw it, have the mtime) it was hashed at."""
         try:
@@ -578,13 +583,15 @@ def _put_stream(job: _Job) -> None:
     fd = job.open()
     crcs = job.entry.part_crc32c
     crc = crcs[0] if len(crcs) == 1 and job.entry.part_size >= job.entry.size else None
+    if job.server_checks:  # the PUT's sha256 header is verified by the server: no second pass here
+        crc = None
     try:
         job.send(
             fd,
             0,
             job.entry.size,
             lambda body: job.store.put_stream(job.key, body, size=job.entry.size, sha256=job.entry.sha256 or ""),
-            sha256=job.entry.sha256 if crc is None else None,
+            sha256=job.entry.sha256 if crc is None and not job.server_checks else None,
             crc32c=crc,
         )
         job.check_settled(fd)
@@ -800,7 +807,8 @@ class _Multipart:
         def send(body: FileRegion) -> str:
             return job.store.upload_part(job.key, self.upload_id, n, body, size=size, crc32c=crc)
 
-        etag = job.send(fd, offset, size, send, crc32c=crc)
+        # the server verifies the header; where it is not sent, the body is checked here
+        etag = job.send(fd, offset, size, send, crc32c=None if job.server_checks else crc)
         assert etag is not None
         if job.journal is not None:
             job.journal.record_part(self.upload_id, PartRecord(n, size, etag, _part_tag(crc)))

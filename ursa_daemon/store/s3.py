@@ -114,6 +114,11 @@ class S3Store(ObstoreBackend):
         # its multipart uploads (large streamed ``put`` bodies) go without one
         self._plain = plain
 
+    @property
+    def sends_checksums(self) -> bool:
+        """Each part carries its CRC32C and each PUT its sha256, which the server verifies."""
+        return self._parts.checksum
+
     def _multipart_store(self) -> Any:
         return self._plain
 
