@@ -1001,12 +1001,12 @@ def _copy_local(
     the kept prefix (a read, no write) and continues after it. The bytes are
     hashed as they go: a copy whose sha256 is not the file's is never renamed
     into place (a kept prefix that turns out stale is dropped and the copy
-    starts again once).
+    starts again once). A file of one slice or less is copied into a private
+    file (no lock, nothing kept): a pause loses at most one slice.
     """
     check_key(key)
     dest = Path(store.directory, key)
     part = _partial(store, rec_id, entry)
-    part.parent.mkdir(parents=True, exist_ok=True)
     try:
         src = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -1015,15 +1015,19 @@ def _copy_local(
         size = os.fstat(src).st_size
         if size != entry.size:
             raise _changed(rec_id, entry, f"is now {size} bytes (hashed at {entry.size})")
-        for fresh in (False, True):
-            dst, mine = _open_partial(part, fresh=fresh)
+        small = entry.size <= DEFAULT_LOCAL_SLICE_SIZE
+        for fresh in (small, True):
+            dst, mine = _open_partial(part, fresh=fresh, private=small)
             try:
                 digest, kept = _copy_slices(
                     src, dst, entry, should_stop, cancel, limiter, limits, on_bytes, rec_id, key
                 )
                 if digest == entry.sha256:
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(mine, dest)  # still holding the partial's lock: nobody moved it
+                    try:  # still holding the partial's lock: nobody moved it
+                        os.replace(mine, dest)
+                    except FileNotFoundError:  # the first file of its directory
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(mine, dest)
                     return
                 if fresh or not kept:
                     raise _changed(rec_id, entry, "bytes changed since it was hashed")
@@ -1037,11 +1041,12 @@ def _copy_local(
         os.close(src)
 
 
-def _open_partial(part: Path, *, fresh: bool) -> tuple[int, Path]:
+def _open_partial(part: Path, *, fresh: bool, private: bool = False) -> tuple[int, Path]:
     """The partial copy, locked (``flock``) so that no other process writes or moves it meanwhile;
-    if another holds it (two processes on one session), a private copy of ours that is not kept."""
-    for _ in range(3):
-        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+    if another holds it (two processes on one session), or with ``private``, a copy of our own
+    that is not kept."""
+    for _ in range(3 if not private else 0):
+        fd = _open_creating(part, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -1060,8 +1065,17 @@ def _open_partial(part: Path, *, fresh: bool) -> tuple[int, Path]:
         if fresh:
             os.ftruncate(fd, 0)
         return fd, part
-    private = part.with_name(f"{part.name}.{os.getpid()}-{threading.get_ident()}")
-    return os.open(private, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644), private
+    mine = part.with_name(f"{part.name}.{os.getpid()}-{threading.get_ident()}")
+    return _open_creating(mine, os.O_RDWR | os.O_CREAT | os.O_TRUNC), mine
+
+
+def _open_creating(path: Path, flags: int) -> int:
+    """``os.open``, making the parent directory on the first file of a session."""
+    try:
+        return os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, 0o644)
 
 
 def _copy_slices(
@@ -1085,7 +1099,7 @@ def _copy_slices(
         os.ftruncate(dst, 0)
         have = 0
     slice_size = limits.slice_size if limiter.rate else DEFAULT_LOCAL_SLICE_SIZE
-    buf = bytearray(max(slice_size, _HASH_READ))
+    buf = bytearray(max(1, min(max(slice_size, _HASH_READ), size)))  # a small file: a small buffer
     view = memoryview(buf)
     pos = 0
     kept = have
