@@ -162,6 +162,10 @@ def test_ingest_json_on_an_unexpected_error(tmp_path: Path, monkeypatch: pytest.
         raise ZeroDivisionError("a bug")
 
     monkeypatch.setattr(ingest_mod, "ingest", buggy)
+    import ursa_daemon.log as log_mod
+
+    # in-process: the CLI must not point the process's logging at this test's captured streams
+    monkeypatch.setattr(log_mod, "setup_logging", lambda **kw: None)
     with pytest.raises(SystemExit) as info:
         main(["--config", str(config), "ingest", str(rec), "--json"])
     assert info.value.code == 1

@@ -241,7 +241,7 @@ _BAD_MANIFESTS: dict[str, Any] = {
     "start_10e30": {"start_time": 10**30},
     "end_year_9999": {"end_time": "9999-01-01T00:00:00+00:00"},
     "nan_device_info": {"device_info": {"x": float("nan")}},
-    "huge_rate": {"workers": {"eeg": {"sampling_rate": 10**400}}},
+    "huge_rate": {"workers": {w: {"sampling_rate": 10**400} for w in [*_GOOD_WORKERS, "zstamp"]}},
     "deep": "deep",
     "directory": "directory",
     "not_json": "not_json",
