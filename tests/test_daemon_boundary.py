@@ -124,9 +124,11 @@ def test_rec_entry_that_is_a_symlink_is_reported(local_daemon, tmp_path: Path) -
     elsewhere = _session(tmp_path / "elsewhere", 9, b"linked")
     link = root / "rec_20260301_000099_abcd"
     link.symlink_to(elsewhere, target_is_directory=True)
+    dangling = root / "rec_20260301_000098_abcd"
+    dangling.symlink_to(tmp_path / "gone", target_is_directory=True)
     summary = daemon.drain([root])
-    assert [r["rec_id"] for r in summary.rejected] == [link.name]
-    assert "symbolic link" in summary.rejected[0]["error"]
+    assert [r["rec_id"] for r in summary.rejected] == [dangling.name, link.name]
+    assert all("symbolic link" in r["error"] for r in summary.rejected)
     assert not list(daemon.data.store("raw_rw").list(""))
 
 

@@ -251,7 +251,7 @@ class Runner:
         for rec_dir, changed_at in candidates:
             if now - changed_at < settle:
                 continue
-            if not rec_dir.is_dir():
+            if not rec_dir.is_dir() and not rec_dir.is_symlink():  # a link is reported, not dropped
                 with self.lock:
                     self.last_change.pop(rec_dir, None)
                 continue
