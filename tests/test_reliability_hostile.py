@@ -355,10 +355,10 @@ def _write_spec(root: Path, outside: Path, n: int, spec: dict[str, Any], clean: 
     return rec, verdict
 
 
-#: whole batches through a real process cost seconds each: 3 (drain) and 2 (run) per profile by
+#: whole batches through a real process cost seconds each: 2 (drain) and 2 (run) per profile by
 #: default, 40 with HYPOTHESIS_PROFILE=thorough (run it with --timeout 3600)
 _THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
-_drain_examples = settings(max_examples=40 if _THOROUGH else 3)
+_drain_examples = settings(max_examples=40 if _THOROUGH else 2)
 _run_examples = settings(max_examples=40 if _THOROUGH else 2)
 
 
