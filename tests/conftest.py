@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import logging
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,6 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A test that runs the CLI in-process leaves the root logger writing to its captured
+    (then closed) stdout/stderr: put the root handlers back after every test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
 
 MOTO_KEY_ID = "AKIATESTKEYID000001"
 #: R2's region: the R2-dialect proxy in front of moto refuses any other (SeaweedFS takes any)
