@@ -8,9 +8,9 @@ Three ways a file goes up, chosen by size and store:
   computed at hashing time raise before the last chunk, so the object is never
   completed);
 * on a :class:`~ursa_daemon.store.base.MultipartStore` (S3), files up to one
-  part: one ``put_stream`` whose body is a :class:`FileRegion`, checked as it
-  is sent against the CRC32C hashing took (the PUT carries the sha256, which
-  the server verifies);
+  part: one ``put_stream`` whose body is a :class:`FileRegion` (the PUT
+  carries the sha256, which the server verifies; with checksums off the body
+  is checked here against the CRC32C hashing took);
 * larger files there: a multipart upload whose id and confirmed parts go to
   an :class:`UploadJournal` (the SQLite state) as each part is confirmed.
   The next attempt, after a pause, a SIGKILL or a reboot, lists the server's
@@ -18,8 +18,8 @@ Three ways a file goes up, chosen by size and store:
   server forgot starts again from zero. Each part carries the CRC32C that
   :func:`~ursa_daemon.manifest.hash_files` took in the same read as the
   file's sha256 (``x-amz-checksum-crc32c``, which the server verifies: R2
-  refuses a sha256 on a part), and its body is held to that CRC32C as it is
-  sent; after the last part the file must still be the one opened, with the
+  refuses a sha256 on a part; with checksums off the body is held to it here
+  as it is sent); after the last part the file must still be the one opened, with the
   same size and mtime (a file still growing is caught). A mismatch aborts the
   upload and reports the file changed. So a file is read twice (hash, send)
   and sha256-hashed once.
@@ -746,9 +746,9 @@ class _Multipart:
         The CRC32Cs come from the read that took the file's sha256
         (``FileEntry.part_crc32c``); a part hashing did not checksum (a file
         trusted from the state, a part to prove from ListParts) is read once
-        more for it. Each body is held to its CRC32C as it is sent, and the
-        server verifies the header too, so bytes that changed since hashing
-        never complete the upload; after the last part the file must still be
+        more for it. The server verifies each part's CRC32C header (with
+        checksums off, the body is held to it here as it is sent), so bytes
+        that changed since hashing never complete the upload; after the last part the file must still be
         the one opened, with the same size and mtime (a file still growing is
         caught here).
         """
