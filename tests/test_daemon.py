@@ -129,6 +129,8 @@ def test_flag_file_pauses_an_upload_in_flight_and_it_resumes(daemon_env: Path, t
         (tmp_path / "recording.flag").unlink()
         assert wait_for(lambda: registered(daemon_env, rec.name), timeout=60), log.read_text()
         assert '"daemon.resumed"' in log.read_text()
+        resumed = [json.loads(line) for line in log.read_text().splitlines() if '"session.resumed"' in line]
+        assert resumed and resumed[0]["rec_id"] == rec.name
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)

@@ -346,6 +346,8 @@ class Daemon:
             log.info("session.discovered", rec_id=rec_id)
         elif prior.signature != signature:
             self.state.reset_attempts(rec_id)
+        if prior is not None and prior.state is SessionState.PAUSED:
+            log.info("session.resumed", rec_id=rec_id)  # the pair of session.paused, per session
         self.state.upsert_session(rec_id, root, SessionState.HASHING, signature=signature)
         log.info("session.queued", rec_id=rec_id)
         started = time.monotonic()
