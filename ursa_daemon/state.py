@@ -27,6 +27,7 @@ from typing import Any
 
 from ursa_daemon.errors import StateError, StateLocked
 from ursa_daemon.log import get_logger
+from ursa_daemon.store.base import MultipartRecord, PartRecord
 
 __all__ = [
     "MIGRATIONS",
@@ -179,33 +180,6 @@ class FileState:
     mtime_ns: int
     sha256: str | None
     confirmed: bool
-
-
-@dataclass(frozen=True)
-class MultipartRecord:
-    """A multipart upload the daemon started for one file of one session."""
-
-    upload_id: str
-    rec_id: str
-    rel_path: str
-    bucket: str
-    key: str
-    size: int
-    sha256: str
-    part_size: int
-    created_at: float = 0.0
-    updated_at: float = 0.0
-
-
-@dataclass(frozen=True)
-class PartRecord:
-    """One part the server confirmed: 1-based number, size, ETag and the checksum of its bytes
-    (``crc32c:<8 hex>``; kept in the ``parts.sha256`` column, named when parts carried a sha256)."""
-
-    number: int
-    size: int
-    etag: str
-    checksum: str
 
 
 @dataclass(frozen=True)

@@ -64,15 +64,16 @@ from ursa_daemon.errors import (
 )
 from ursa_daemon.log import get_logger
 from ursa_daemon.manifest import FileEntry, rel_key
-from ursa_daemon.state import MultipartRecord, PartRecord
 from ursa_daemon.store._common import check_key
 from ursa_daemon.store.base import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_PART_SIZE,
     CompletedPart,
+    MultipartRecord,
     MultipartStore,
     PartInfo,
+    PartRecord,
     Store,
 )
 from ursa_daemon.store.local import LocalStore

@@ -18,10 +18,12 @@ __all__ = [
     "Body",
     "BucketKind",
     "CompletedPart",
+    "MultipartRecord",
     "MultipartStore",
     "ObjectMeta",
     "ObjectReader",
     "PartInfo",
+    "PartRecord",
     "Role",
     "Store",
     "StreamBody",
@@ -137,6 +139,33 @@ class CompletedPart:
     etag: str
     #: CRC32C of the part's bytes
     crc32c: int
+
+
+@dataclass(frozen=True)
+class MultipartRecord:
+    """A multipart upload the daemon started for one file of one session."""
+
+    upload_id: str
+    rec_id: str
+    rel_path: str
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+    part_size: int
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class PartRecord:
+    """One part the server confirmed: 1-based number, size, ETag and the checksum of its bytes
+    (``crc32c:<8 hex>``; kept in the ``parts.sha256`` column, named when parts carried a sha256)."""
+
+    number: int
+    size: int
+    etag: str
+    checksum: str
 
 
 class StreamBody(Protocol):
