@@ -19,7 +19,7 @@ from invariants import check_invariants
 
 from ursa_daemon.api import DataInterface
 from ursa_daemon.config import load_config
-from ursa_daemon.demo import make_sample_session
+from ursa_daemon.cli.demo import make_sample_session
 from ursa_daemon.sessions import in_shard, parse_shard
 
 

@@ -11,7 +11,7 @@ import yaml
 from conftest import local_config_dict
 from harness import DaemonProc, cli
 
-from ursa_daemon.demo import make_sample_session
+from ursa_daemon.cli.demo import make_sample_session
 
 
 def catalog_stack_mapped(pid: int) -> list[str]:

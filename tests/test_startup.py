@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import local_config_dict
 
-from ursa_daemon.demo import make_sample_session
+from ursa_daemon.cli.demo import make_sample_session
 
 CATALOG_STACK = ("lancedb", "pyarrow", "lance", "lance_namespace", "lance_namespace_urllib3_client")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from ursa_daemon.demo import make_sample_session
+from ursa_daemon.cli.demo import make_sample_session
 
 
 def timed(argv: list[str], cwd: Path) -> tuple[float, float, int]:

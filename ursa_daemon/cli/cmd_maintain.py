@@ -1,0 +1,44 @@
+"""``ursa-daemon maintain``: compact the catalog, one run at a time."""
+
+from __future__ import annotations
+
+import click
+
+from ursa_daemon.cli.common import EXIT_LOCKED, Context, emit_json, errors_to_exit, fail, logs_to_stderr
+
+__all__ = ["maintain"]
+
+
+@click.command()
+@click.option(
+    "--keep-versions-hours",
+    type=click.FloatRange(min=1.0),
+    default=24.0,
+    show_default=True,
+    help="Remove table versions superseded longer ago than this (at least 1).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.pass_obj
+@errors_to_exit
+def maintain(obj: Context, keep_versions_hours: float, as_json: bool) -> None:
+    """Compact the catalog, refresh its indexes, remove old versions: one run at a time.
+
+    Holds the lease ursa/maintenance.lease in the assets bucket meanwhile; exits 3
+    when another run holds it. Daemons never do this themselves: run it from one
+    machine's timer (systemd/ursa-daemon-maintain.timer).
+    """
+    logs_to_stderr(as_json)
+    from datetime import timedelta
+
+    from ursa_daemon.maintain import LeaseHeld
+    from ursa_daemon.maintain import maintain as run_maintain
+
+    try:
+        report = run_maintain(obj.data(), keep_versions=timedelta(hours=keep_versions_hours))
+    except LeaseHeld as exc:
+        fail(exc, "skipped", EXIT_LOCKED, as_json)
+    if as_json:
+        emit_json(report.as_json())
+    else:
+        changed = {t: f"{report.versions_before.get(t, 0)} -> {v}" for t, v in report.versions_after.items()}
+        click.echo(f"maintain: done in {report.elapsed_s:.1f}s; table versions {changed}", err=True)

@@ -1,0 +1,46 @@
+"""``ursa-daemon status``: what the state database holds."""
+
+from __future__ import annotations
+
+import click
+
+from ursa_daemon.cli.common import Context, emit_json, errors_to_exit, logs_to_stderr
+from ursa_daemon.cli.render import print_status
+
+__all__ = ["status"]
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.pass_obj
+@errors_to_exit
+def status(obj: Context, as_json: bool) -> None:
+    """What the state database holds: counts by state, per-session progress, last error.
+
+    Sessions with multipart uploads in progress (paused, or killed mid-file)
+    also show each such file's confirmed parts and bytes.
+    """
+    logs_to_stderr(as_json)
+    from ursa_daemon.state import StateDB
+
+    state = StateDB(obj.config.state_dir)
+    try:
+        sessions = state.sessions()
+        state_counts = state.counts()
+        parts = state.part_progress()
+        docs = []
+        for s in sessions:
+            doc = s.as_json()
+            doc["parts"] = [p.as_json() for p in parts.get(s.rec_id, [])]
+            docs.append(doc)
+        doc = {
+            "counts": state_counts,
+            "active": state.meta("active") == "1",
+            "sessions": docs,
+        }
+    finally:
+        state.close()
+    if as_json:
+        emit_json(doc)
+        return
+    print_status(sessions, state_counts, parts)
