@@ -430,7 +430,9 @@ def test_a_partial_copy_another_process_holds_is_left_alone(tmp_path: Path) -> N
 
     from ursa_daemon.manifest import FileEntry
     from ursa_daemon.store.local import LocalStore
-    from ursa_daemon.uploader import RateLimiter, UploadLimits, _partial, upload_files
+    from ursa_daemon.transfer.limits import RateLimiter, UploadLimits
+    from ursa_daemon.transfer.local_copy import _partial
+    from ursa_daemon.transfer.upload import upload_files
 
     body = os.urandom(3 << 20)
     rec = tmp_path / "rec_20260301_000001_abcd"

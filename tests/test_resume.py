@@ -327,7 +327,7 @@ def test_a_cut_resets_a_send_blocked_on_a_server_that_does_not_read() -> None:
     """The pause's last resort: a request stuck in ``sendall`` is woken and its queued bytes dropped."""
     import socket
 
-    from ursa_daemon.uploader import _Wire
+    from ursa_daemon.transfer.wire import _Wire
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

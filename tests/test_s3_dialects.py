@@ -28,7 +28,8 @@ from ursa_daemon.errors import ChecksumMismatch
 from ursa_daemon.manifest import FileEntry, hash_files
 from ursa_daemon.store import get_store
 from ursa_daemon.store.base import MultipartStore
-from ursa_daemon.uploader import RateLimiter, UploadLimits, upload_files
+from ursa_daemon.transfer.limits import RateLimiter, UploadLimits
+from ursa_daemon.transfer.upload import upload_files
 
 MiB = 1 << 20
 PART = 5 * MiB
@@ -284,7 +285,7 @@ def test_resume_proves_parts_the_journal_missed_from_list_parts(  # type: ignore
         chunk = body[(n - 1) * PART : n * PART]
         store.upload_part(key, up, n, io.BytesIO(chunk), size=PART, crc32c=entry.part_crc32c[n - 1])
     other = os.urandom(PART)
-    from ursa_daemon.uploader import _crc32c_extend
+    from ursa_daemon.transfer.body import _crc32c_extend
 
     store.upload_part(key, up, 3, io.BytesIO(other), size=PART, crc32c=_crc32c_extend(0, other))
     sent_before = moto_server.r2.parts_sent if moto_server.r2 else 0

@@ -41,7 +41,7 @@ from ursa_daemon.metrics import METRICS
 from ursa_daemon.metrics import serve as serve_metrics
 from ursa_daemon.sessions import SessionDir, in_shard, scan_root, tree_signature
 from ursa_daemon.state import SessionState, StateDB, StateLock
-from ursa_daemon.uploader import RateLimiter
+from ursa_daemon.transfer.limits import RateLimiter
 
 if TYPE_CHECKING:  # imported when a session is worked on, so an idle `run` holds no catalog stack
     from ursa_daemon.api import DataInterface

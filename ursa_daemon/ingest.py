@@ -45,17 +45,11 @@ from ursa_daemon.manifest import (
 )
 from ursa_daemon.store import LocalStore, Store, storage_uri
 from ursa_daemon.store.base import MultipartStore
-from ursa_daemon.uploader import (
-    FileUpload,
-    RateLimiter,
-    UploadJournal,
-    UploadLimits,
-    abort_orphan_uploads,
-    abort_uploads,
-    discard_partials,
-    kept_partials,
-    upload_files,
-)
+from ursa_daemon.transfer.abort import abort_orphan_uploads, abort_uploads
+from ursa_daemon.transfer.limits import RateLimiter, UploadLimits
+from ursa_daemon.transfer.local_copy import discard_partials, kept_partials
+from ursa_daemon.transfer.multipart_upload import UploadJournal
+from ursa_daemon.transfer.upload import FileUpload, upload_files
 
 if TYPE_CHECKING:
     from ursa_daemon.api import DataInterface

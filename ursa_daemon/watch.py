@@ -41,7 +41,7 @@ from ursa_daemon.errors import UrsaError
 from ursa_daemon.log import get_logger
 from ursa_daemon.sessions import has_manifest, scan_root, session_of, tree_signature
 from ursa_daemon.state import SessionRecord, SessionState
-from ursa_daemon.uploader import abort_uploads
+from ursa_daemon.transfer.abort import abort_uploads
 
 if TYPE_CHECKING:
     from ursa_daemon.daemon import Daemon
