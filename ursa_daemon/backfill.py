@@ -43,7 +43,7 @@ from ursa_daemon.manifest import (
 from ursa_daemon.store import Store
 
 if TYPE_CHECKING:
-    from ursa_daemon.api import DataInterface
+    from ursa_daemon.transfer.context import Context
 
 __all__ = ["reconstruct_from_disk", "reconstruct_from_store", "register_from_store"]
 
@@ -109,7 +109,7 @@ def _augmented_files(doc: dict[str, Any], rec_id: str, src: str) -> list[FileEnt
 
 
 def register_from_store(
-    data: DataInterface,
+    data: Context,
     rec_id: str,
     *,
     participant: str | None = None,
@@ -184,15 +184,15 @@ def register_from_store(
     return IngestResult(False, recording, 0, len(files), 0)
 
 
-def _registered(data: DataInterface, rec_id: str) -> tuple[RecordingRow, list[ModalityRow]] | None:
+def _registered(data: Context, rec_id: str) -> tuple[RecordingRow, list[ModalityRow]] | None:
     """The recording already registered under ``rec_id`` (a dual-node session's first
     registration) with its modality rows."""
-    found = data._write_catalog().query(rec_id=rec_id, limit=1)
+    found = data.write_catalog().query(rec_id=rec_id, limit=1)
     return found[0] if found else None
 
 
 def _add_late_half(
-    data: DataInterface,
+    data: Context,
     existing: RecordingRow,
     modalities: list[ModalityRow],
     span: SessionSpan,
@@ -281,7 +281,7 @@ def reconstruct_from_disk(rec_dir: Path) -> Path:
     return path
 
 
-def reconstruct_from_store(data: DataInterface, rec_id: str) -> dict[str, Any]:
+def reconstruct_from_store(data: Context, rec_id: str) -> dict[str, Any]:
     """Path C in the store: hash every object under ``recordings/<rec_id>/`` and PUT the manifest.
 
     A session whose manifest is already there and valid is left alone.

@@ -57,10 +57,11 @@ from ursa_daemon.errors import (
 )
 from ursa_daemon.manifest import MANIFEST_NAME, PARTICIPANT_NAME
 from ursa_daemon.store import BucketKind, ObjectMeta, ObjectReader, Store, parse_storage_uri
+from ursa_daemon.transfer.query import QueryResult, resolve
 
 if TYPE_CHECKING:
-    from ursa_daemon.api import DataInterface, QueryResult
     from ursa_daemon.config import LocalProfile, S3Profile
+    from ursa_daemon.transfer.context import Context
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -359,10 +360,10 @@ class ResumableReader:
 # -- targets and plans --------------------------------------------------------------
 
 
-def resolve_targets(data: DataInterface, target: Any) -> list[QueryResult]:
+def resolve_targets(data: Context, target: Any) -> list[QueryResult]:
     """A QueryResult, an iterable of them, a recording_hash or a rec_id, as a list of results."""
     try:
-        return data.resolve(target)
+        return resolve(data, target)
     except LookupError as exc:
         raise RecordingNotFoundError(str(exc)) from None
 
@@ -400,7 +401,7 @@ class ModalityPlan:
 class _Stores:
     """One store per bucket kind for the duration of a call."""
 
-    def __init__(self, data: DataInterface, store_for: StoreFor | None) -> None:
+    def __init__(self, data: Context, store_for: StoreFor | None) -> None:
         self._make: StoreFor = store_for or (
             lambda kind: data.store(Role.RAW_RO if kind == "raw" else Role.ASSETS_RO)
         )
@@ -545,7 +546,7 @@ def _eligible(results: Sequence[QueryResult], source: Source) -> dict[tuple[str,
 
 
 def plan_modalities(
-    data: DataInterface,
+    data: Context,
     results: Sequence[QueryResult],
     *,
     source: Source = "auto",
@@ -751,7 +752,7 @@ def _execute(
 
 
 def download(
-    data: DataInterface,
+    data: Context,
     target: Any,
     dest: str | os.PathLike[str],
     *,

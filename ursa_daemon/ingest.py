@@ -52,7 +52,7 @@ from ursa_daemon.transfer.multipart_upload import UploadJournal
 from ursa_daemon.transfer.upload import FileUpload, upload_files
 
 if TYPE_CHECKING:
-    from ursa_daemon.api import DataInterface
+    from ursa_daemon.transfer.context import Context
 
 __all__ = [
     "IngestResult",
@@ -116,7 +116,7 @@ class IngestResult:
     kept_bytes: dict[str, int] = field(default_factory=dict)
 
 
-def hash_part_size(data: DataInterface) -> int | None:
+def hash_part_size(data: Context) -> int | None:
     """The part size to take part checksums at when hashing (S3 stores), else None."""
     if isinstance(data.store("raw_rw"), MultipartStore):
         return data.config.upload.part_size_bytes
@@ -124,7 +124,7 @@ def hash_part_size(data: DataInterface) -> int | None:
 
 
 def ingest(
-    data: DataInterface,
+    data: Context,
     rec_dir: str | Path,
     *,
     participant: str | None = None,
@@ -231,7 +231,7 @@ def ingest(
 
 
 def _finish_node_half(
-    data: DataInterface,
+    data: Context,
     session: Session,
     files: list[FileEntry],
     participant: str | None,
@@ -264,7 +264,7 @@ def _finish_node_half(
 
 
 def _check_rows(
-    data: DataInterface, span: SessionSpan, files: list[FileEntry], doc: dict[str, Any], participant: str | None
+    data: Context, span: SessionSpan, files: list[FileEntry], doc: dict[str, Any], participant: str | None
 ) -> None:
     """Build the session's catalog rows once before upload: a value the catalog cannot hold
     (a NaN in ``device_info``, a sampling rate of 1e400) is an input error naming the field."""
@@ -303,15 +303,15 @@ def duplicate_error(rec_id: str, other: str, rh: str) -> InputError:
     )
 
 
-def _refuse_duplicate(data: DataInterface, rec_id: str, rh: str) -> None:
+def _refuse_duplicate(data: Context, rec_id: str, rh: str) -> None:
     """Before any byte moves: the same bytes already registered under another ``rec_id``."""
-    existing = data._write_catalog().get_recording(rh)
+    existing = data.write_catalog().get_recording(rh)
     if existing is not None and existing.rec_id != rec_id:
         raise duplicate_error(rec_id, existing.rec_id, rh)
 
 
 def _replace_changed_version(
-    data: DataInterface, rec_id: str, rh: str, stored_doc: dict[str, Any] | None, overwrite: bool
+    data: Context, rec_id: str, rh: str, stored_doc: dict[str, Any] | None, overwrite: bool
 ) -> None:
     """Refuse to upload over a different version of the session, unless ``overwrite``.
 
@@ -332,7 +332,7 @@ def _replace_changed_version(
             rec_id=rec_id,
             file=MANIFEST_NAME,
         )
-    if data._write_catalog().delete_recording(old):
+    if data.write_catalog().delete_recording(old):
         log.warning("session.replaced", rec_id=rec_id, recording_hash=old, error="files changed; --overwrite")
 
 
@@ -517,7 +517,7 @@ def session_rows(
 
 
 def register_session(
-    data: DataInterface,
+    data: Context,
     span: SessionSpan,
     files: list[FileEntry],
     doc: dict[str, Any],
@@ -537,9 +537,9 @@ def _policies(overwrite: bool) -> dict[str, Any]:
     return {"on_conflict_recording": policy, "on_conflict_modality": policy, "on_conflict_participant": "keep"}
 
 
-def register_rows(data: DataInterface, rows: SessionRows, *, overwrite: bool = False) -> RecordingRow:
+def register_rows(data: Context, rows: SessionRows, *, overwrite: bool = False) -> RecordingRow:
     """Register one session's rows, one commit per changed table."""
-    row = data._write_catalog().register_session(
+    row = data.write_catalog().register_session(
         participants=rows.participants, recording=rows.recording, modalities=rows.modalities, **_policies(overwrite)
     )
     log.info("session.registered", rec_id=rows.recording.rec_id, recording_hash=row.recording_hash)
@@ -547,7 +547,7 @@ def register_rows(data: DataInterface, rows: SessionRows, *, overwrite: bool = F
 
 
 def register_many(
-    data: DataInterface, batch: list[SessionRows], *, overwrite: bool = False
+    data: Context, batch: list[SessionRows], *, overwrite: bool = False
 ) -> list[RecordingRow | Exception]:
     """Register a batch of sessions with one commit per changed table for all of them.
 
@@ -558,7 +558,7 @@ def register_many(
     if not batch:
         return []
     try:
-        results = data._write_catalog().register_sessions(batch, **_policies(overwrite))
+        results = data.write_catalog().register_sessions(batch, **_policies(overwrite))
     except Exception as batch_exc:  # any failure of the batch: one session must not take the others down
         log.debug("catalog.batch_failed", error=f"{type(batch_exc).__name__}: {batch_exc}", exc_info=batch_exc)
         results = []

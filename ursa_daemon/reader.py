@@ -43,9 +43,10 @@ from ursa_daemon.download import (
 )
 from ursa_daemon.errors import UrsaError
 from ursa_daemon.store import LocalStore, lance_storage_options
+from ursa_daemon.transfer.query import QueryResult
 
 if TYPE_CHECKING:
-    from ursa_daemon.api import DataInterface, QueryResult
+    from ursa_daemon.transfer.context import Context
 
 __all__ = [
     "Chunk",
@@ -162,7 +163,7 @@ def _below(plan: ModalityPlan, prefix: str) -> list[PlannedObject]:
     return [o for o in plan.objects if o.key.startswith(prefix)]
 
 
-def _open_parquet(plan: ModalityPlan, fetch: _Fetcher, data: DataInterface) -> Any:
+def _open_parquet(plan: ModalityPlan, fetch: _Fetcher, data: Context) -> Any:
     pq = _require(StorageFormat.PARQUET, plan)
     import pyarrow as pa  # type: ignore[import-untyped]
 
@@ -171,7 +172,7 @@ def _open_parquet(plan: ModalityPlan, fetch: _Fetcher, data: DataInterface) -> A
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
-def _open_zarr(plan: ModalityPlan, fetch: _Fetcher, data: DataInterface) -> Any:
+def _open_zarr(plan: ModalityPlan, fetch: _Fetcher, data: Context) -> Any:
     zarr = _require(StorageFormat.ZARR, plan)
     prefix = f"{plan.asset_key}/"
     objects = _below(plan, prefix)
@@ -183,7 +184,7 @@ def _open_zarr(plan: ModalityPlan, fetch: _Fetcher, data: DataInterface) -> Any:
     return zarr.open(store=store, mode="r")
 
 
-def _lance_dataset(plan: ModalityPlan, key: str, data: DataInterface) -> Any:
+def _lance_dataset(plan: ModalityPlan, key: str, data: Context) -> Any:
     """Lance reads its directory in place: a local path, or ``s3://`` with the profile's options."""
     lance = _require(StorageFormat.LANCE, plan)
     if isinstance(plan.store, LocalStore):
@@ -195,11 +196,11 @@ def _lance_dataset(plan: ModalityPlan, key: str, data: DataInterface) -> Any:
     return lance.dataset(plan.store.uri(key), storage_options=options)
 
 
-def _open_lance(plan: ModalityPlan, fetch: _Fetcher, data: DataInterface) -> Any:
+def _open_lance(plan: ModalityPlan, fetch: _Fetcher, data: Context) -> Any:
     return _lance_dataset(plan, str(plan.asset_key), data)
 
 
-def _open_mp4(plan: ModalityPlan, fetch: _Fetcher, data: DataInterface) -> Mp4Asset:
+def _open_mp4(plan: ModalityPlan, fetch: _Fetcher, data: Context) -> Mp4Asset:
     key = str(plan.asset_key)
     video = next((o for o in plan.objects if o.key == key), None)
     if video is None:
@@ -212,11 +213,11 @@ def _open_mp4(plan: ModalityPlan, fetch: _Fetcher, data: DataInterface) -> Mp4As
     )
 
 
-def _open_bytes(plan: ModalityPlan, fetch: _Fetcher, data: DataInterface) -> dict[str, bytes]:
+def _open_bytes(plan: ModalityPlan, fetch: _Fetcher, data: Context) -> dict[str, bytes]:
     return {o.rel: body for o, body in zip(plan.objects, fetch.all(plan, plan.objects), strict=True)}
 
 
-_Opener = Callable[[ModalityPlan, _Fetcher, "DataInterface"], Any]
+_Opener = Callable[[ModalityPlan, _Fetcher, "Context"], Any]
 _OPENERS: dict[StorageFormat, _Opener] = {
     StorageFormat.PARQUET: _open_parquet,
     StorageFormat.ZARR: _open_zarr,
@@ -225,7 +226,7 @@ _OPENERS: dict[StorageFormat, _Opener] = {
 }
 
 
-def _materialise(plan: ModalityPlan, fetch: _Fetcher, data: DataInterface) -> RawModality | ProcessedModality:
+def _materialise(plan: ModalityPlan, fetch: _Fetcher, data: Context) -> RawModality | ProcessedModality:
     if plan.source == "raw":
         bodies = fetch.all(plan, plan.objects)
         return RawModality(plan.row, tuple((o.key, b) for o, b in zip(plan.objects, bodies, strict=True)))
@@ -235,7 +236,7 @@ def _materialise(plan: ModalityPlan, fetch: _Fetcher, data: DataInterface) -> Ra
 
 
 def get(
-    data: DataInterface,
+    data: Context,
     target: Any,
     *,
     source: Source = "auto",
@@ -257,8 +258,6 @@ def get(
         for plan in plans:
             by_recording.setdefault(plan.recording_hash, {})[plan.name] = _materialise(plan, fetch, data)
     out = [RecordingData(qr, MappingProxyType(by_recording.get(qr.recording_hash, {}))) for qr in results]
-    from ursa_daemon.api import QueryResult  # a runtime import: api imports this module lazily
-
     single = isinstance(target, str | QueryResult)
     return out[0] if single and len(out) == 1 else out
 
@@ -267,7 +266,7 @@ def get(
 
 
 def stream(
-    data: DataInterface,
+    data: Context,
     target: Any,
     *,
     source: Source = "auto",

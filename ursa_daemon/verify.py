@@ -34,7 +34,8 @@ from ursa_daemon.manifest import (
 from ursa_daemon.store import Store, parse_storage_uri
 
 if TYPE_CHECKING:
-    from ursa_daemon.api import DataInterface, QueryResult
+    from ursa_daemon.transfer.context import Context
+    from ursa_daemon.transfer.query import QueryResult
 
 __all__ = ["DEFAULT_VERIFY_CONCURRENCY", "Problem", "VerifyReport", "verify"]
 
@@ -150,7 +151,7 @@ def _check(store: Store, exp: _Expected, deep: bool, retry: RetryPolicy) -> Prob
     return None if sha == exp.sha256 else Problem(exp.key, "sha256", exp.sha256, sha)
 
 
-def _uncovered(data: DataInterface, qr: QueryResult, files: Sequence[_Expected]) -> list[Problem]:
+def _uncovered(data: Context, qr: QueryResult, files: Sequence[_Expected]) -> list[Problem]:
     """Cataloged modalities the manifest lists no file for."""
     problems = []
     for name, row in qr.modalities.items():
@@ -162,7 +163,7 @@ def _uncovered(data: DataInterface, qr: QueryResult, files: Sequence[_Expected])
 
 
 def _verify_one(
-    data: DataInterface, qr: QueryResult, store: Store, *, deep: bool, concurrency: int, retry: RetryPolicy
+    data: Context, qr: QueryResult, store: Store, *, deep: bool, concurrency: int, retry: RetryPolicy
 ) -> VerifyReport:
     where, doc = _manifest(store, qr.rec_id, retry)
     files, problems = _expected(qr.rec_id, where, doc)
@@ -188,7 +189,7 @@ def _verify_one(
 
 
 def verify(
-    data: DataInterface,
+    data: Context,
     target: Any,
     *,
     deep: bool = False,
