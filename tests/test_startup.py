@@ -83,7 +83,7 @@ def test_deferred_rest_client_still_loads_in_full_when_asked() -> None:
     probe = """
 import sys, overrides
 checked = overrides.override
-from ursa_daemon._lance_import import import_lancedb
+from ursa_daemon.catalog._lance_import import import_lancedb
 lancedb = import_lancedb()
 assert import_lancedb() is lancedb
 assert overrides.override is checked, "overrides.override put back"

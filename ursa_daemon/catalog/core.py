@@ -78,7 +78,7 @@ from pydantic import (
     StringConstraints,
 )
 
-from ursa_daemon._lance_import import import_lancedb
+from ursa_daemon.catalog._lance_import import import_lancedb
 from ursa_daemon.errors import CatalogError, CatalogPermissionError, CatalogRowExists, WritesNotEnabled
 
 if TYPE_CHECKING:
