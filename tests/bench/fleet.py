@@ -154,9 +154,9 @@ def timed_queries(data: Any, hashes: list[str], rng: random.Random) -> tuple[lis
 
 
 def scan(catalog: Any, name: str, columns: list[str]) -> list[tuple[Any, ...]]:
-    from ursa_daemon.catalog import _SPECS
+    from ursa_daemon.catalog.schema import SPECS
 
-    table = catalog._table(_SPECS[name])
+    table = catalog._table(SPECS[name])
     if table is None:
         return []
     arrow = catalog._run(table.query().select(columns).to_arrow(), f"scan {name}")
