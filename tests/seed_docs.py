@@ -5,13 +5,23 @@ parses as Python (prose around it does not). The runbook's page lost its
 indentation, so a flat example is re-indented from its block openers
 (see :func:`reindent`). Tests then fill in ids and paths with :func:`replace`,
 which fails when the document no longer says what the test replaces.
+:func:`drained_r2_site` is the catalog the runbook and the tutorial run against.
 """
 
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
+import yaml
+from conftest import MOTO_KEY_ID, MOTO_SECRET, MotoServer, s3_config_dict
+from harness import cli, write_session
 
 DOCS = Path(__file__).parent / "seed_docs"
 #: vendored name -> the file in shared/seeds/
@@ -188,3 +198,34 @@ def table_value(doc: str, label: str) -> list[str]:
     cell = next(line for line in lines[i + 1 :] if line)
     cell = cell.split(" — ")[0]
     return [v.strip() for v in cell.split(",")]
+
+
+@contextmanager
+def drained_r2_site(
+    server: MotoServer, root: Path, prefix: str, sessions: dict[str, tuple[dict[str, bytes], str | None]]
+) -> Iterator[tuple[Path, str, str, pytest.MonkeyPatch]]:
+    """Two buckets on moto, a ``./config.yaml`` whose ``r2`` profile is moto, and ``sessions``
+    (rec_id -> files, participant) registered by a real ``ursa-daemon drain``.
+
+    Yields (config, raw bucket, assets bucket, the monkeypatch that holds the credentials'
+    environment variables until the ``with`` ends).
+    """
+    raw, assets = f"{prefix}-raw-{os.getpid()}", f"{prefix}-assets-{os.getpid()}"
+    client = server.client()
+    client.create_bucket(Bucket=raw)
+    client.create_bucket(Bucket=assets)
+    doc = s3_config_dict(server.endpoint, raw, assets, root)
+    doc["profiles"] = {"r2": doc["profiles"]["s3"]}
+    doc["profile"] = "r2"
+    config = root / "config.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    with pytest.MonkeyPatch.context() as mp:
+        for role in ("ASSETS_RO", "ASSETS_RW", "RAW_RW"):
+            mp.setenv(f"URSA_{role}_KEY_ID", MOTO_KEY_ID)
+            mp.setenv(f"URSA_{role}_SECRET", MOTO_SECRET)
+        for rec_id, (files, participant) in sessions.items():
+            write_session(root / "recordings", rec_id, files, participant=participant)
+        drained = cli(config, "drain", "--json")
+        assert drained.returncode == 0, drained.stderr[-2000:]
+        assert sorted(json.loads(drained.stdout)["registered"]) == sorted(sessions)
+        yield config, raw, assets, mp

@@ -17,8 +17,8 @@ from conftest import local_config_dict
 from test_dual_node import HALF_A, write_half
 
 from ursa_daemon.api import DataInterface
-from ursa_daemon.config import load_config
 from ursa_daemon.cli.demo import make_sample_session
+from ursa_daemon.config import load_config
 from ursa_daemon.errors import ConfigError
 from ursa_daemon.state import StateLock
 

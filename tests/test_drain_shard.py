@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from invariants import check_invariants
 
 from ursa_daemon.api import DataInterface
-from ursa_daemon.config import load_config
 from ursa_daemon.cli.demo import make_sample_session
+from ursa_daemon.config import load_config
 from ursa_daemon.sessions import in_shard, parse_shard
 
 

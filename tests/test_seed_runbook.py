@@ -11,7 +11,6 @@ ids and recording hashes are filled in. Path C's shell command runs the real
 from __future__ import annotations
 
 import json
-import os
 import random
 import shlex
 import shutil
@@ -25,9 +24,9 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import MOTO_KEY_ID, MOTO_SECRET, MotoServer, s3_config_dict
+from conftest import MotoServer
 from harness import cli, write_session
-from seed_docs import block_with, check_shared_copy, replace, section, text
+from seed_docs import block_with, check_shared_copy, drained_r2_site, replace, section, text
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = text("offline_ingest_runbook.txt")
@@ -64,30 +63,14 @@ def _files(rng: random.Random, *workers: str) -> dict[str, bytes]:
 def site(moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """A config whose ``r2`` profile is moto, and a catalog built by ``ursa-daemon drain``."""
     root = tmp_path_factory.mktemp("runbook")
-    raw, assets = f"rb-raw-{os.getpid()}", f"rb-assets-{os.getpid()}"
-    client = moto_server.client()
-    client.create_bucket(Bucket=raw)
-    client.create_bucket(Bucket=assets)
-    doc = s3_config_dict(moto_server.endpoint, raw, assets, root)
-    doc["profiles"] = {"r2": doc["profiles"]["s3"]}
-    doc["profile"] = "r2"
-    config = root / "config.yaml"
-    config.write_text(yaml.safe_dump(doc))
     rng = random.Random(4)
     files = {
         BASE: _files(rng, "camera_0", "eeg_4559"),
         COPY: _files(rng, "mic"),
         CRASHED: _files(rng, "eeg_4559", "notes"),
     }
-    with pytest.MonkeyPatch.context() as mp:
-        for role in ("ASSETS_RO", "ASSETS_RW", "RAW_RW"):
-            mp.setenv(f"URSA_{role}_KEY_ID", MOTO_KEY_ID)
-            mp.setenv(f"URSA_{role}_SECRET", MOTO_SECRET)
-        write_session(root / "recordings", BASE, files[BASE], participant="Aria Lin")
-        write_session(root / "recordings", COPY, files[COPY])
-        drained = cli(config, "drain", "--json")
-        assert drained.returncode == 0, drained.stderr[-2000:]
-        assert sorted(json.loads(drained.stdout)["registered"]) == [BASE, COPY]
+    sessions = {BASE: (files[BASE], "Aria Lin"), COPY: (files[COPY], None)}
+    with drained_r2_site(moto_server, root, "rb", sessions) as (config, raw, assets, _env):
         crashed = write_session(root / "crashed", CRASHED, files[CRASHED], participant="Bo Chen")
         killed = cli(config, "drain", str(crashed), env={"URSA_TEST_CRASH_AFTER_TABLE": "modalities"})
         assert killed.returncode == -9, killed.stderr[-2000:]
@@ -95,11 +78,8 @@ def site(moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 @pytest.fixture
-def at_site(site: Site, monkeypatch: pytest.MonkeyPatch) -> Site:
+def at_site(site: Site, monkeypatch: pytest.MonkeyPatch, s3_env: None) -> Site:
     monkeypatch.chdir(site.dir)
-    for role in ("ASSETS_RO", "ASSETS_RW", "RAW_RW"):
-        monkeypatch.setenv(f"URSA_{role}_KEY_ID", MOTO_KEY_ID)
-        monkeypatch.setenv(f"URSA_{role}_SECRET", MOTO_SECRET)
     return site
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 import sys
@@ -25,10 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from conftest import MOTO_KEY_ID, MOTO_SECRET, MotoServer, s3_config_dict
-from harness import cli, write_session
-from seed_docs import block_with, check_shared_copy, replace, table_value, text
+from conftest import MotoServer
+from seed_docs import block_with, check_shared_copy, drained_r2_site, replace, table_value, text
 
 DOC = text("download_tutorial.txt")
 DOC_HASH = "1ad200d69a2f8d36424e5ad00e1b4196f45c30fca791b623f6a060bddca446a3"
@@ -64,15 +61,6 @@ def _processed_assets(h: str, rng: random.Random) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def site(moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("tutorial")
-    raw, assets = f"tu-raw-{os.getpid()}", f"tu-assets-{os.getpid()}"
-    client = moto_server.client()
-    client.create_bucket(Bucket=raw)
-    client.create_bucket(Bucket=assets)
-    doc = s3_config_dict(moto_server.endpoint, raw, assets, root)
-    doc["profiles"] = {"r2": doc["profiles"]["s3"]}
-    doc["profile"] = "r2"
-    config = root / "config.yaml"
-    config.write_text(yaml.safe_dump(doc))
     rng = random.Random(3)
     files = {
         INGESTED: {f"{w}/seg_{i:06d}.bin": rng.randbytes(9_000)
@@ -81,15 +69,9 @@ def site(moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> I
         FAILED: {"mic/seg_000001.bin": rng.randbytes(1_000)},
         EMPTY: {"mic/seg_000001.bin": rng.randbytes(1_000)},
     }
-    with pytest.MonkeyPatch.context() as mp:
-        for role in ("ASSETS_RO", "ASSETS_RW", "RAW_RW"):
-            mp.setenv(f"URSA_{role}_KEY_ID", MOTO_KEY_ID)
-            mp.setenv(f"URSA_{role}_SECRET", MOTO_SECRET)
-        for rec_id, fs in files.items():
-            write_session(root / "recordings", rec_id, fs, participant="Aria Lin")
-        drained = cli(config, "drain", "--json")
-        assert drained.returncode == 0, drained.stderr[-2000:]
-        assert sorted(json.loads(drained.stdout)["registered"]) == sorted(files)
+    sessions = {rec_id: (fs, "Aria Lin") for rec_id, fs in files.items()}
+    with drained_r2_site(moto_server, root, "tu", sessions) as (_config, raw, assets, mp):
+        client = moto_server.client()
         mp.chdir(root)
         from ursa import DataInterface
 
@@ -114,12 +96,9 @@ def site(moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 @pytest.fixture
-def at_site(site: Site, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Site:
+def at_site(site: Site, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, s3_env: None) -> Site:
     monkeypatch.chdir(site.dir)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    for role in ("ASSETS_RO", "ASSETS_RW", "RAW_RW"):
-        monkeypatch.setenv(f"URSA_{role}_KEY_ID", MOTO_KEY_ID)
-        monkeypatch.setenv(f"URSA_{role}_SECRET", MOTO_SECRET)
     return site
 
 
