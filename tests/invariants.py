@@ -37,7 +37,7 @@ from typing import Any
 from ursa_daemon.api import DataInterface
 from ursa_daemon.config import Config, S3Profile, load_config
 from ursa_daemon.errors import ObjectNotFound
-from ursa_daemon.manifest import REC_ID_RE, load_session, recording_hash, split_worker
+from ursa_daemon.session import REC_ID_RE, load_session, recording_hash, split_worker
 
 __all__ = ["Report", "check_download_confined", "check_invariants", "local_files", "tree_snapshot"]
 

@@ -20,7 +20,7 @@ from invariants import check_invariants
 from ursa_daemon.api import DataInterface
 from ursa_daemon.cli.demo import make_sample_session
 from ursa_daemon.config import load_config
-from ursa_daemon.sessions import in_shard, parse_shard
+from ursa_daemon.session import in_shard, parse_shard
 
 
 @given(rec_id=st.text(min_size=1, max_size=40), n=st.integers(min_value=1, max_value=64))
@@ -33,7 +33,7 @@ def test_shard_hash_is_stable() -> None:
     rec_id = "rec_20260520_195628_b1dd"
     k = int.from_bytes(hashlib.sha256(rec_id.encode()).digest()[:8], "big") % 4 + 1
     assert in_shard(rec_id, (k, 4))
-    probe = f"from ursa_daemon.sessions import in_shard; print(in_shard({rec_id!r}, ({k}, 4)))"
+    probe = f"from ursa_daemon.session import in_shard; print(in_shard({rec_id!r}, ({k}, 4)))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env={"PYTHONHASHSEED": "7"})
     assert out.stdout.strip() == "True", out.stderr
 

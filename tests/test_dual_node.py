@@ -19,7 +19,7 @@ from ursa_daemon.api import DataInterface
 from ursa_daemon.backfill import register_from_store
 from ursa_daemon.errors import InputError, NodesPending
 from ursa_daemon.ingest import ingest
-from ursa_daemon.manifest import recording_hash
+from ursa_daemon.session import recording_hash
 
 REC = "rec_20260520_195628_d0a1"
 START = "2026-05-20T19:56:28.120+00:00"

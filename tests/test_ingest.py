@@ -13,7 +13,7 @@ import pytest
 from ursa_daemon.api import DataInterface
 from ursa_daemon.errors import InputError
 from ursa_daemon.ingest import UploadProgress, ingest
-from ursa_daemon.manifest import recording_hash
+from ursa_daemon.session import recording_hash
 
 START = "2026-05-20T19:56:28.120+00:00"
 

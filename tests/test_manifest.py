@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ursa_daemon.errors import InputError
-from ursa_daemon.manifest import (
+from ursa_daemon.session import (
     FileEntry,
     augment,
     hash_file,

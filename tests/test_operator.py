@@ -428,7 +428,7 @@ def test_a_partial_copy_another_process_holds_is_left_alone(tmp_path: Path) -> N
     import fcntl
     import hashlib
 
-    from ursa_daemon.manifest import FileEntry
+    from ursa_daemon.session import FileEntry
     from ursa_daemon.store.local import LocalStore
     from ursa_daemon.transfer.limits import RateLimiter, UploadLimits
     from ursa_daemon.transfer.local_copy import _partial

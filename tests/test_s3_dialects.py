@@ -25,7 +25,7 @@ from structlog.testing import capture_logs
 from ursa_daemon.config import config_from_dict
 from ursa_daemon.daemon import Daemon
 from ursa_daemon.errors import ChecksumMismatch
-from ursa_daemon.manifest import FileEntry, hash_files
+from ursa_daemon.session import FileEntry, hash_files
 from ursa_daemon.store import get_store
 from ursa_daemon.store.base import MultipartStore
 from ursa_daemon.transfer.limits import RateLimiter, UploadLimits

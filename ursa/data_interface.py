@@ -60,8 +60,8 @@ from ursa_daemon.download import DownloadProgress, Layout, Source
 from ursa_daemon.errors import ConfigError, NodesPending, WritesNotEnabled
 from ursa_daemon.ingest import IngestResult, UploadProgress
 from ursa_daemon.ingest import ingest as _ingest
-from ursa_daemon.manifest import MANIFEST_NAME, NODE_MANIFEST_DIR, split_worker
 from ursa_daemon.reader import Chunk
+from ursa_daemon.session import MANIFEST_NAME, NODE_MANIFEST_DIR, split_worker
 
 __all__ = [
     "PROCESSED_FILTERS",

@@ -20,7 +20,7 @@ from ursa_daemon.ingest import (
     session_rows,
 )
 from ursa_daemon.log import get_logger
-from ursa_daemon.manifest import (
+from ursa_daemon.session import (
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
     NODE_MANIFEST_DIR,

@@ -36,10 +36,18 @@ from ursa_daemon.errors import (
     UrsaError,
 )
 from ursa_daemon.log import get_logger
-from ursa_daemon.manifest import HashingStopped, hash_files, load_session, recording_hash
 from ursa_daemon.metrics import METRICS
 from ursa_daemon.metrics import serve as serve_metrics
-from ursa_daemon.sessions import SessionDir, in_shard, scan_root, tree_signature
+from ursa_daemon.session import (
+    HashingStopped,
+    SessionDir,
+    hash_files,
+    in_shard,
+    load_session,
+    recording_hash,
+    scan_root,
+    tree_signature,
+)
 from ursa_daemon.state import SessionState, StateDB, StateLock
 from ursa_daemon.transfer.limits import RateLimiter
 
@@ -561,7 +569,7 @@ class Daemon:
         ``summary`` (filled in as it goes) lets a signal handler report what is known;
         ``on_start`` is told how many sessions were found.
         ``shard=(K, N)``: only the sessions whose ``rec_id`` hashes to shard K of N
-        (:func:`ursa_daemon.sessions.in_shard`), so N machines can drain one share at once.
+        (:func:`ursa_daemon.session.in_shard`), so N machines can drain one share at once.
         Serves ``/metrics`` meanwhile when ``metrics.enabled`` (see ``ursa_daemon.metrics``).
         """
         with serve_metrics(self.config, self.state):

@@ -55,7 +55,7 @@ from ursa_daemon.errors import (
     TransientStoreError,
     UrsaError,
 )
-from ursa_daemon.manifest import MANIFEST_NAME, PARTICIPANT_NAME
+from ursa_daemon.session import MANIFEST_NAME, PARTICIPANT_NAME
 from ursa_daemon.store import BucketKind, ObjectMeta, ObjectReader, Store, parse_storage_uri
 from ursa_daemon.transfer.query import QueryResult, resolve
 

@@ -27,7 +27,7 @@ from ursa_daemon.catalog import (
 from ursa_daemon.config import LocalProfile, S3Profile
 from ursa_daemon.errors import InputError, NodesPending, ObjectNotFound
 from ursa_daemon.log import get_logger
-from ursa_daemon.manifest import (
+from ursa_daemon.session import (
     MANIFEST_NAME,
     NODE_MANIFEST_DIR,
     PARTICIPANT_NAME,

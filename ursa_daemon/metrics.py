@@ -150,7 +150,7 @@ class _StateCollector(Collector):
 
 def _completed_at(rec_dir: Path) -> float | None:
     """When the rig finished the session: its manifest's mtime (the earliest node manifest's)."""
-    from ursa_daemon.manifest import MANIFEST_NAME, NODE_MANIFEST_DIR
+    from ursa_daemon.session import MANIFEST_NAME, NODE_MANIFEST_DIR
 
     try:
         return (rec_dir / MANIFEST_NAME).stat().st_mtime

@@ -23,7 +23,7 @@ from ursa_daemon.config import Role
 from ursa_daemon.download import DEFAULT_RETRY, RetryPolicy, call_with_retry, resolve_targets
 from ursa_daemon.errors import InputError, ObjectNotFound
 from ursa_daemon.ingest import object_sha256
-from ursa_daemon.manifest import (
+from ursa_daemon.session import (
     MANIFEST_NAME,
     NODE_MANIFEST_DIR,
     check_rel_path,

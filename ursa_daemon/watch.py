@@ -39,7 +39,7 @@ from watchdog.observers import Observer
 
 from ursa_daemon.errors import UrsaError
 from ursa_daemon.log import get_logger
-from ursa_daemon.sessions import has_manifest, scan_root, session_of, tree_signature
+from ursa_daemon.session import has_manifest, scan_root, session_of, tree_signature
 from ursa_daemon.state import SessionRecord, SessionState
 from ursa_daemon.transfer.abort import abort_uploads
 

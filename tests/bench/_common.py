@@ -550,7 +550,7 @@ def warm(paths: Iterable[Path]) -> float:
 
 def known_hashes(rec: Path) -> dict[str, str]:
     """rel_path → sha256 of every data file, via the library's own hashing."""
-    from ursa_daemon.manifest import hash_files, walk_session
+    from ursa_daemon.session import hash_files, walk_session
 
     return {e.rel_path: e.sha256 for e in hash_files(rec, walk_session(rec)) if e.sha256}
 

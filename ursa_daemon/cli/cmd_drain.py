@@ -45,7 +45,7 @@ def drain(obj: Context, roots: tuple[Path, ...], shard: str | None, as_json: boo
     """
     began = time.monotonic()
     logs_to_stderr(as_json)
-    from ursa_daemon.sessions import parse_shard
+    from ursa_daemon.session import parse_shard
 
     try:
         shard_kn = None if shard is None else parse_shard(shard)

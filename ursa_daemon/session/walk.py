@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ursa_daemon.manifest import MANIFEST_NAME, NODE_MANIFEST_DIR, REC_ID_RE
+from ursa_daemon.session.keys import MANIFEST_NAME, NODE_MANIFEST_DIR, REC_ID_RE
 
 __all__ = ["SessionDir", "has_manifest", "in_shard", "parse_shard", "scan_root", "session_of", "tree_signature"]
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ursa_daemon.errors import InputError
-from ursa_daemon.manifest import FileEntry
+from ursa_daemon.session import FileEntry
 from ursa_daemon.store.base import DEFAULT_CHUNK_SIZE
 from ursa_daemon.transfer.limits import DEFAULT_SLICE_SIZE, RateLimiter
 from ursa_daemon.transfer.wire import _Wire, sending_socket

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ursa_daemon.errors import InputError
 from ursa_daemon.log import get_logger
-from ursa_daemon.manifest import FileEntry
+from ursa_daemon.session import FileEntry
 from ursa_daemon.store._common import check_key
 from ursa_daemon.store.base import Store
 from ursa_daemon.store.local import LocalStore

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ursa_daemon.catalog import ModalityRow, RecordingRow
-from ursa_daemon.manifest import participant_id
+from ursa_daemon.session import participant_id
 
 if TYPE_CHECKING:
     from ursa_daemon.transfer.context import Context

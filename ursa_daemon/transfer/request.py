@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ursa_daemon.errors import ChecksumMismatch, InputError, TransientStoreError
 from ursa_daemon.log import get_logger
-from ursa_daemon.manifest import FileEntry
+from ursa_daemon.session import FileEntry
 from ursa_daemon.store.base import MultipartStore
 from ursa_daemon.transfer.body import FileRegion, UploadInterrupted, file_changed
 from ursa_daemon.transfer.limits import RateLimiter, UploadLimits

@@ -19,7 +19,7 @@ Three ways a file goes up, chosen by size and store (:meth:`_Run.upload`):
   The next attempt, after a pause, a SIGKILL or a reboot, lists the server's
   parts and sends only the missing ones of the same upload; an upload the
   server forgot starts again from zero. Each part carries the CRC32C that
-  :func:`~ursa_daemon.manifest.hash_files` took in the same read as the
+  :func:`~ursa_daemon.session.hash_files` took in the same read as the
   file's sha256 (``x-amz-checksum-crc32c``, which the server verifies: R2
   refuses a sha256 on a part; with checksums off the body is held to it here
   as it is sent); after the last part the file must still be the one opened, with the
@@ -51,7 +51,7 @@ from pathlib import Path
 
 from ursa_daemon.errors import ObjectMismatch, StoreError
 from ursa_daemon.log import get_logger
-from ursa_daemon.manifest import FileEntry, rel_key
+from ursa_daemon.session import FileEntry, rel_key
 from ursa_daemon.store.base import MultipartStore, Store
 from ursa_daemon.store.local import LocalStore
 from ursa_daemon.transfer.body import CancellableFile, UploadInterrupted
