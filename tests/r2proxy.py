@@ -35,6 +35,7 @@ import hashlib
 import http.client
 import re
 import threading
+import time
 import urllib.parse
 import zlib
 from collections import Counter
@@ -74,6 +75,11 @@ class R2Proxy:
         self.refused: Counter[str] = Counter()
         #: UploadParts that went through to moto
         self.parts_sent = 0
+        #: UploadParts being relayed right now, and the most at once (how many parts a client keeps in flight)
+        self.parts_in_flight = 0
+        self.parts_in_flight_max = 0
+        #: seconds each UploadPart is held before it is relayed (a slow uplink; 0: none)
+        self.part_hold_s = 0.0
         #: (upload id, part number) -> size, as the parts went through
         self._parts: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
@@ -162,6 +168,17 @@ class R2Proxy:
                 raise _Refusal(
                     f"bad-{name}", 400, "BadDigest", f"The {header} you specified did not match what we received."
                 )
+
+    def part_started(self) -> None:
+        with self._lock:
+            self.parts_in_flight += 1
+            self.parts_in_flight_max = max(self.parts_in_flight_max, self.parts_in_flight)
+        if self.part_hold_s:
+            time.sleep(self.part_hold_s)
+
+    def part_ended(self) -> None:
+        with self._lock:
+            self.parts_in_flight -= 1
 
     def note_part(self, query: dict[str, str], size: int) -> None:
         with self._lock:
@@ -304,11 +321,17 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
         if body or self.command in ("PUT", "POST"):
             headers["Content-Length"] = str(len(body))
+        is_part = self.command == "PUT" and "uploadId" in query and "partNumber" in query
+        if is_part:
+            owner.part_started()
         try:
             resp = self._upstream_request(headers, body)
         except OSError:
             self.close_connection = True
             return
+        finally:
+            if is_part:
+                owner.part_ended()
         status = resp.status
         if status == 200 and self.command == "PUT" and "uploadId" in query and "partNumber" in query:
             owner.note_part(query, len(body))

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from botocore.exceptions import ClientError
 from conftest import MOTO_KEY_ID, MOTO_SECRET, s3_config_dict, seaweed_config_dict
 from structlog.testing import capture_logs
@@ -302,3 +304,58 @@ def test_resume_proves_parts_the_journal_missed_from_list_parts(  # type: ignore
     if moto_server.r2 is not None:
         assert moto_server.r2.parts_sent - sent_before == 2  # parts 3 (its bytes were not the file's) and 4
     assert state.multipart_uploads() == []
+
+
+def test_one_big_file_gets_the_sessions_part_budget(  # type: ignore[no-untyped-def]
+    moto_server, s3_buckets, s3_env, tmp_path: Path
+) -> None:
+    """A session of one multipart file takes a larger share of the session's part budget
+    (``max_concurrent_files`` x ``max_concurrency_per_file`` = 8) than the per-file 2, but never
+    more than the 3 parts in flight R2 is known to take per upload (it answered 500s at 5); the
+    server is slowed so that parts overlap whenever the client lets them."""
+    if moto_server.r2 is None:
+        pytest.skip("counts parts in flight in the R2-dialect proxy (URSA_TEST_R2=0 bypasses it)")
+    doc = s3_config_dict(moto_server.endpoint, *s3_buckets, tmp_path)
+    store = get_store(config_from_dict(doc, base_dir=tmp_path).active_profile, "raw_rw")
+    rec = tmp_path / "rec_20260520_195628_b1f0"
+    body = os.urandom(8 * PART)
+    (rec / REL).parent.mkdir(parents=True)
+    (rec / REL).write_bytes(body)
+    [entry] = hash_files(rec, [FileEntry(REL, len(body))], part_size=PART)
+    proxy = moto_server.r2
+    proxy.parts_in_flight_max = 0
+    proxy.part_hold_s = 0.3
+    try:
+        done = upload_files(
+            store, rec, rec.name, [entry],
+            should_stop=lambda: False, limits=UploadLimits(part_size=PART), limiter=RateLimiter(None),
+            on_done=lambda _: None,
+        )
+    finally:
+        proxy.part_hold_s = 0.0
+    assert done
+    assert proxy.parts_in_flight_max == 3
+    key = f"recordings/{rec.name}/{REL}"
+    assert moto_server.client().get_object(Bucket=store.bucket, Key=key)["Body"].read() == body
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    files=st.integers(1, 64),
+    per_file=st.integers(1, 16),
+    sizes=st.lists(st.integers(0, 64 * MiB), max_size=40),
+)
+def test_part_lanes_share_the_session_budget(files: int, per_file: int, sizes: list[int]) -> None:
+    """The shared budget never takes a file below its configured lanes, never above R2's safe 3
+    unless configured so, and the multipart files of a session never hold more parts in flight
+    than the budget allows."""
+    from ursa_daemon.transfer.upload import share_part_lanes
+
+    limits = UploadLimits(part_size=PART, max_concurrent_files=files, max_concurrency_per_file=per_file)
+    entries = [FileEntry(f"f/{i}.bin", size) for i, size in enumerate(sizes)]
+    got = share_part_lanes(limits, entries).max_concurrency_per_file
+    big = sum(1 for s in sizes if s > PART)
+    assert per_file <= got <= max(per_file, 3)
+    assert min(big, files) * got <= max(files * per_file, min(big, files) * per_file)
+    if big == 1 and per_file < 3 and files > 1:
+        assert got == min(3, files * per_file)
