@@ -17,7 +17,7 @@ from conftest import MOTO_SECRET, s3_config_dict
 
 from ursa_daemon.api import ACTIVE_POINTER_KEY, DataInterface
 from ursa_daemon.errors import CatalogError, CatalogRowExists, WritesNotEnabled
-from ursa_daemon.ingest import ingest
+from ursa_daemon.transfer.ingest import ingest
 
 H1 = "a" * 64
 H2 = "b" * 64

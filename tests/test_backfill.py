@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from ursa_daemon.api import DataInterface
-from ursa_daemon.backfill import reconstruct_from_disk, reconstruct_from_store, register_from_store
 from ursa_daemon.errors import InputError
 from ursa_daemon.session import FileEntry, augment, manifest_bytes, recording_hash
+from ursa_daemon.transfer.backfill import reconstruct_from_disk, reconstruct_from_store, register_from_store
 
 REC = "rec_20260520_195628_b1dd"
 FILES = {"eeg_4559/seg_1.bin": os.urandom(4000), "camera_0/seg_1.mp4": os.urandom(9000)}

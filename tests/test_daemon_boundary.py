@@ -15,7 +15,7 @@ import pytest
 from conftest import local_config_dict
 from structlog.testing import capture_logs
 
-import ursa_daemon.ingest as ingest_mod
+import ursa_daemon.transfer.ingest as ingest_mod
 from ursa_daemon.catalog import Catalog
 from ursa_daemon.config import config_from_dict
 from ursa_daemon.daemon import Daemon
@@ -151,7 +151,7 @@ def test_ingest_json_on_an_unexpected_error(tmp_path: Path, monkeypatch: pytest.
     """A bug in the ingest path still ends in the one JSON document with error and exit_code."""
     import yaml
 
-    import ursa_daemon.ingest as ingest_mod
+    import ursa_daemon.transfer.ingest as ingest_mod
     from ursa_daemon.cli import main
 
     raw = local_config_dict(tmp_path)

@@ -27,7 +27,9 @@ from faultproxy import FaultProxy
 
 from ursa_daemon.api import DataInterface
 from ursa_daemon.config import Role, config_from_dict, resolve_credentials
-from ursa_daemon.download import (
+from ursa_daemon.errors import ObjectMismatch, StoreError
+from ursa_daemon.store import ObjectMeta, S3Store, Store, storage_uri
+from ursa_daemon.transfer.download import (
     LAYOUTS,
     STABLE_KEYS,
     DestinationExistsError,
@@ -38,10 +40,8 @@ from ursa_daemon.download import (
     UnsafeKeyError,
     download,
 )
-from ursa_daemon.errors import ObjectMismatch, StoreError
-from ursa_daemon.ingest import ingest
-from ursa_daemon.reader import Chunk, MissingDependencyError, ProcessedModality, RawModality
-from ursa_daemon.store import ObjectMeta, S3Store, Store, storage_uri
+from ursa_daemon.transfer.ingest import ingest
+from ursa_daemon.transfer.reader import Chunk, MissingDependencyError, ProcessedModality, RawModality
 
 START = "2026-05-20T19:56:28.120+00:00"
 KiB = 1 << 10
@@ -598,7 +598,7 @@ def test_stream_resumes_after_reset_without_repeating_bytes(proxied) -> None:  #
     [qr] = data.query(rec_id=s.rec_id)
     proxy.reset_next(2, after_bytes=200 * KiB)
     joined: dict[str, bytes] = {}
-    from ursa_daemon.reader import stream
+    from ursa_daemon.transfer.reader import stream
 
     for c in stream(data, qr, chunk_size=64 * KiB, retry=FAST_RETRY):
         assert c.offset == len(joined.get(c.key, b""))

@@ -16,10 +16,10 @@ import yaml
 from conftest import local_config_dict
 
 from ursa_daemon.api import DataInterface
-from ursa_daemon.backfill import register_from_store
 from ursa_daemon.errors import InputError, NodesPending
-from ursa_daemon.ingest import ingest
 from ursa_daemon.session import recording_hash
+from ursa_daemon.transfer.backfill import register_from_store
+from ursa_daemon.transfer.ingest import ingest
 
 REC = "rec_20260520_195628_d0a1"
 START = "2026-05-20T19:56:28.120+00:00"

@@ -12,8 +12,8 @@ import pytest
 
 from ursa_daemon.api import DataInterface
 from ursa_daemon.errors import InputError
-from ursa_daemon.ingest import UploadProgress, ingest
 from ursa_daemon.session import recording_hash
+from ursa_daemon.transfer.ingest import UploadProgress, ingest
 
 START = "2026-05-20T19:56:28.120+00:00"
 
@@ -139,7 +139,7 @@ def test_file_changed_during_upload_fails_and_registers_nothing(
     data: DataInterface, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rec = make_session(tmp_path, {"eeg_a/x.bin": os.urandom(3 << 20), "eeg_a/y.bin": b"y"})
-    from ursa_daemon import ingest as ingest_mod
+    from ursa_daemon.transfer import ingest as ingest_mod
 
     real = ingest_mod.hash_files
 

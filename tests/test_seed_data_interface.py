@@ -250,7 +250,7 @@ def test_legacy_id_of_rows_registered_before_it_was_written(tmp_path: Path, data
     ursa-daemon) reads with it, and re-registering its session changes nothing."""
     from harness import write_session
 
-    from ursa_daemon.ingest import ingest
+    from ursa_daemon.transfer.ingest import ingest
 
     core = data.core
     core.enable_writes(roles=("assets_rw", "raw_rw"))
@@ -299,15 +299,15 @@ def test_public_names_are_ursa_daemons_own() -> None:
     import pkgutil
 
     import ursa_daemon.catalog
-    import ursa_daemon.download
     import ursa_daemon.errors
-    import ursa_daemon.ingest
+    import ursa_daemon.transfer.download
+    import ursa_daemon.transfer.ingest
 
     assert ursa.__all__ == sorted(ursa.__all__)
     same = {
-        "IngestResult": ursa_daemon.ingest.IngestResult,
-        "UploadProgress": ursa_daemon.ingest.UploadProgress,
-        "DownloadProgress": ursa_daemon.download.DownloadProgress,
+        "IngestResult": ursa_daemon.transfer.ingest.IngestResult,
+        "UploadProgress": ursa_daemon.transfer.ingest.UploadProgress,
+        "DownloadProgress": ursa_daemon.transfer.download.DownloadProgress,
         "RecordingRow": ursa_daemon.catalog.RecordingRow,
         "ModalityRow": ursa_daemon.catalog.ModalityRow,
         "CatalogRowExists": ursa_daemon.errors.CatalogRowExists,

@@ -12,7 +12,7 @@ from test_download import ingested_session, run_cli, s3_data, write_config
 
 from ursa_daemon.api import DataInterface
 from ursa_daemon.config import Role
-from ursa_daemon.verify import Problem, verify
+from ursa_daemon.transfer.verify import Problem, verify
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def test_cli_verify_exit_codes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("target", ["rec_20990101_000000_dead", "f" * 64])
 def test_unknown_target(tmp_path: Path, target: str) -> None:
-    from ursa_daemon.download import RecordingNotFoundError
+    from ursa_daemon.transfer.download import RecordingNotFoundError
 
     data = DataInterface(profile="local", path=tmp_path / "store")
     with pytest.raises(RecordingNotFoundError, match=target):

@@ -36,9 +36,9 @@ from ursa.catalog import (
 from ursa.data_interface import DataInterface, QueryResultList, QuerySpec
 from ursa.store import ObjectStoreError, ObjectStoreTransientError
 from ursa_daemon.api import QueryResult
-from ursa_daemon.download import DownloadProgress
-from ursa_daemon.ingest import IngestResult, UploadProgress
 from ursa_daemon.log import library_logging
+from ursa_daemon.transfer.download import DownloadProgress
+from ursa_daemon.transfer.ingest import IngestResult, UploadProgress
 
 library_logging()  # ursa_daemon's events go to stdlib loggers (ursa.ingest, ...), quiet unless configured
 

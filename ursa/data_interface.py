@@ -16,8 +16,8 @@ only maps the seeds' names, arguments and defaults onto it:
   ``time_filters``, ``metadata_filters``, ``derived``) raise
   :class:`NotImplementedError`, as in the seeds.
 * ``ingest(manifest_path, *, source_dir, ...)`` / ``ingest_from_r2(rec_id, ...)``
-  are :func:`ursa_daemon.ingest.ingest` (Path A) and
-  :func:`ursa_daemon.backfill.register_from_store` (Path B).
+  are :func:`ursa_daemon.transfer.ingest.ingest` (Path A) and
+  :func:`ursa_daemon.transfer.backfill.register_from_store` (Path B).
 * Recording rows carry the session id in ``metadata["manifest_recording_id"]``
   (filled in from ``rec_id`` for rows registered before ingest wrote it).
 """
@@ -37,7 +37,6 @@ from pydantic import Field
 from ursa_daemon.api import ACTIVE_POINTER_KEY, DEFAULT_CATALOG_PREFIX, QueryResult
 from ursa_daemon.api import DataInterface as _CoreInterface
 from ursa_daemon.api import QuerySpec as _CoreQuerySpec
-from ursa_daemon.backfill import register_from_store
 from ursa_daemon.catalog import (
     LEGACY_ID_KEY,
     BenchmarkResultRow,
@@ -56,12 +55,13 @@ from ursa_daemon.catalog import (
     VirgoAssetRow,
 )
 from ursa_daemon.config import Config, Role, find_config, load_config
-from ursa_daemon.download import DownloadProgress, Layout, Source
 from ursa_daemon.errors import ConfigError, NodesPending, WritesNotEnabled
-from ursa_daemon.ingest import IngestResult, UploadProgress
-from ursa_daemon.ingest import ingest as _ingest
-from ursa_daemon.reader import Chunk
 from ursa_daemon.session import MANIFEST_NAME, NODE_MANIFEST_DIR, split_worker
+from ursa_daemon.transfer.backfill import register_from_store
+from ursa_daemon.transfer.download import DownloadProgress, Layout, Source
+from ursa_daemon.transfer.ingest import IngestResult, UploadProgress
+from ursa_daemon.transfer.ingest import ingest as _ingest
+from ursa_daemon.transfer.reader import Chunk
 
 __all__ = [
     "PROCESSED_FILTERS",
@@ -425,7 +425,7 @@ class DataInterface:
         return results
 
     def get(self, target: QueryResult | Iterable[QueryResult], *, concat: bool = False) -> Any:
-        """``target``'s modalities in memory (see :func:`ursa_daemon.reader.get`).
+        """``target``'s modalities in memory (see :func:`ursa_daemon.transfer.reader.get`).
 
         One ``RecordingData`` for a :class:`QueryResult`, a list for an iterable.
         ``concat=True`` over several recordings needs aligned time domains, which
@@ -456,7 +456,7 @@ class DataInterface:
         source: Source = "auto",
         progress: Callable[[DownloadProgress], None] | None = None,
     ) -> list[Path]:
-        """Stream ``target``'s bytes to files under ``dest`` (see :func:`ursa_daemon.download.download`)."""
+        """Stream ``target``'s bytes to files under ``dest`` (see :func:`ursa_daemon.transfer.download.download`)."""
         return self._core.download(target, dest, layout=layout, overwrite=overwrite, source=source, progress=progress)
 
     def stream(
@@ -467,7 +467,7 @@ class DataInterface:
         chunk_size: int = 1 << 20,
     ) -> Iterator[Chunk]:
         """Every object of ``target`` as ``Chunk`` s, one object after another, never a whole
-        object in memory (the tutorial's ``stream()``; see :func:`ursa_daemon.reader.stream`)."""
+        object in memory (the tutorial's ``stream()``; see :func:`ursa_daemon.transfer.reader.stream`)."""
         chunks: Iterator[Chunk] = self._core.stream(target, source=source, chunk_size=chunk_size)
         return chunks
 

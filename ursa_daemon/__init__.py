@@ -33,15 +33,16 @@ _SOURCES = {
     "QuerySpec": "api",
     "Config": "config",
     "load_config": "config",
-    "IngestResult": "ingest",
-    "UploadProgress": "ingest",
-    "ingest": "ingest",
+    "IngestResult": "transfer.register",
+    "UploadProgress": "transfer.ingest",
+    "ingest": "transfer.ingest",
 }
 
 if TYPE_CHECKING:
     from ursa_daemon.api import DataInterface, QueryResult, QuerySpec
     from ursa_daemon.config import Config, load_config
-    from ursa_daemon.ingest import IngestResult, UploadProgress, ingest
+    from ursa_daemon.transfer.ingest import UploadProgress, ingest
+    from ursa_daemon.transfer.register import IngestResult
 
 
 __all__ = [

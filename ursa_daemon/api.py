@@ -102,17 +102,17 @@ class DataInterface(Context):
     # -- ingest ----------------------------------------------------------
 
     def ingest(self, rec_dir: str | os.PathLike[str], **kwargs: Any) -> Any:
-        """Upload a session and register it (Path A); see :func:`ursa_daemon.ingest.ingest`.
+        """Upload a session and register it (Path A); see :func:`ursa_daemon.transfer.ingest.ingest`.
 
         Needs ``enable_writes(roles=("assets_rw", "raw_rw"))``. Returns an ``IngestResult``.
         """
-        from ursa_daemon.ingest import ingest
+        from ursa_daemon.transfer.ingest import ingest
 
         return ingest(self, Path(rec_dir), **kwargs)
 
     def register_from_store(self, rec_id: str, **kwargs: Any) -> Any:
         """Verify bytes already in the store and register them (Path B)."""
-        from ursa_daemon.backfill import register_from_store
+        from ursa_daemon.transfer.backfill import register_from_store
 
         return register_from_store(self, rec_id, **kwargs)
 
@@ -287,9 +287,9 @@ class DataInterface(Context):
         Raw rows give their segments, processed rows their asset (basename
         kept); the whole plan is checked before a byte moves. ``progress`` is
         called with each ``DownloadProgress`` on this thread. See
-        :mod:`ursa_daemon.download`.
+        :mod:`ursa_daemon.transfer.download`.
         """
-        from ursa_daemon.download import DEFAULT_MAX_CONCURRENT_FILES, download
+        from ursa_daemon.transfer.download import DEFAULT_MAX_CONCURRENT_FILES, download
 
         return download(
             self,
@@ -311,9 +311,9 @@ class DataInterface(Context):
         """``target``'s modalities in memory: a ``RecordingData`` (a list for several).
 
         Raw modalities hold their segments sorted by key; processed assets are
-        opened with their format's library. See :mod:`ursa_daemon.reader`.
+        opened with their format's library. See :mod:`ursa_daemon.transfer.reader`.
         """
-        from ursa_daemon.reader import get
+        from ursa_daemon.transfer.reader import get
 
         return get(self, target, source=source)
 
@@ -325,6 +325,6 @@ class DataInterface(Context):
         chunk_size: int = 1 << 20,
     ) -> Any:
         """An iterator of ``Chunk`` s over every object of ``target``, never a whole object."""
-        from ursa_daemon.reader import stream
+        from ursa_daemon.transfer.reader import stream
 
         return stream(self, target, source=source, chunk_size=chunk_size)

@@ -54,7 +54,7 @@ from ursa_daemon.transfer.limits import RateLimiter
 if TYPE_CHECKING:  # imported when a session is worked on, so an idle `run` holds no catalog stack
     from ursa_daemon.api import DataInterface
     from ursa_daemon.catalog import RecordingRow, SessionRows
-    from ursa_daemon.ingest import UploadProgress
+    from ursa_daemon.transfer.ingest import UploadProgress
 
 __all__ = [
     "Daemon",
@@ -368,7 +368,7 @@ class Daemon:
         return self._ingest(rec_dir, started, defer_register)
 
     def _ingest(self, rec_dir: Path, started: float, defer_register: bool = False) -> Outcome:
-        from ursa_daemon.ingest import hash_part_size, ingest
+        from ursa_daemon.transfer.ingest import hash_part_size, ingest
 
         rec_id = rec_dir.name
         self._enable_writes()
@@ -433,7 +433,7 @@ class Daemon:
     def register_pending(self, waiting: list[Outcome]) -> list[Outcome]:
         """Register sessions left ``registering`` by ``process(defer_register=True)``,
         one commit per table for the whole batch; one bad session stops nothing."""
-        from ursa_daemon.ingest import register_many
+        from ursa_daemon.transfer.register import register_many
 
         batch = [o for o in waiting if o.pending is not None]
         if not batch:
@@ -472,7 +472,7 @@ class Daemon:
                 other = None
             if other is not None and other.rec_id != o.rec_id:
                 self._discard_unregistered(o.rec_id)
-                from ursa_daemon.ingest import duplicate_error
+                from ursa_daemon.transfer.register import duplicate_error
 
                 return str(duplicate_error(o.rec_id, other.rec_id, rh))
         text = str(exc)

@@ -63,8 +63,8 @@ from ursa_daemon.state import SessionState
 if TYPE_CHECKING:
     from ursa_daemon.config import Config
     from ursa_daemon.daemon import Outcome
-    from ursa_daemon.ingest import UploadProgress
     from ursa_daemon.state import StateDB
+    from ursa_daemon.transfer.ingest import UploadProgress
 
 __all__ = ["METRICS", "Metrics", "MetricsServer", "serve"]
 

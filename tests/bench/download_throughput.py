@@ -150,7 +150,7 @@ class Bench:
         self.raw, assets = moto.fresh_buckets("dl")
         data = s3_data(moto.endpoint, self.raw, assets, self.root)
         t = time.perf_counter()
-        from ursa_daemon.ingest import ingest
+        from ursa_daemon.transfer.ingest import ingest
 
         result = ingest(data, rec)
         print(f"ingested {rec.name} into moto in {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)

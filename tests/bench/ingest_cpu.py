@@ -91,8 +91,8 @@ def child(name: str, rec: Path, endpoint: str, raw: str, assets: str, scratch: P
 
         from ursa_daemon.api import DataInterface
         from ursa_daemon.config import config_from_dict
-        from ursa_daemon.ingest import ingest
         from ursa_daemon.state import StateDB
+        from ursa_daemon.transfer.ingest import ingest
 
         conftest = _load_conftest()
         doc = conftest.s3_config_dict(endpoint, raw, assets, scratch)

@@ -61,7 +61,7 @@ HASHERS = {"peer": "sha256sum", "peer_openssl": "openssl dgst -sha256"}
 
 def run_ours(rec: Path, out: Path) -> float:
     from ursa_daemon.api import DataInterface
-    from ursa_daemon.ingest import ingest
+    from ursa_daemon.transfer.ingest import ingest
 
     data = DataInterface(profile="local", path=out)
     data.enable_writes(roles=("assets_rw", "raw_rw"))

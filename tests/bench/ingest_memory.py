@@ -73,7 +73,7 @@ def worker(args: argparse.Namespace) -> int:
     """One upload in this process; prints one JSON line with its own figures."""
     rec = Path(args.rec)
     if args.worker == "ours":
-        from ursa_daemon.ingest import ingest
+        from ursa_daemon.transfer.ingest import ingest
 
         quiet_logs()
         scratch = Path(tempfile.mkdtemp(prefix="ursa-bench-mem-"))

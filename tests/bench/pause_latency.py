@@ -74,8 +74,8 @@ def one_trial(
     quiet: float,
     upload: dict[str, int],
 ) -> dict[str, Any]:
-    from ursa_daemon.ingest import ingest
     from ursa_daemon.state import StateDB
+    from ursa_daemon.transfer.ingest import ingest
 
     moto.reset()
     raw, assets = moto.fresh_buckets("pause")

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ursa_daemon.ingest import IngestResult, UploadProgress
+from ursa_daemon.transfer.ingest import IngestResult, UploadProgress
 
 if TYPE_CHECKING:
     from ursa.data_interface import DataInterface

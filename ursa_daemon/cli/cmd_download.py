@@ -43,8 +43,8 @@ def download(
 
     from rich.console import Console
 
-    from ursa_daemon.download import LOGGER_NAME, DownloadProgress
     from ursa_daemon.log import byte_progress
+    from ursa_daemon.transfer.download import LOGGER_NAME, DownloadProgress
 
     console = Console(stderr=True)
     if console.is_terminal and sys.stdout.isatty():  # the bar tells it all; phase lines would tear it
@@ -82,7 +82,7 @@ def verify(obj: Context, target: str, deep: bool, as_json: bool) -> None:
     Exit 0: all match; 1: some object is missing or differs (each is named).
     """
     logs_to_stderr(as_json)
-    from ursa_daemon.verify import verify as run_verify
+    from ursa_daemon.transfer.verify import verify as run_verify
 
     reports = run_verify(obj.data(), target, deep=deep)
     ok = all(r.ok for r in reports)

@@ -43,9 +43,9 @@ def ingest(obj: Context, rec_dir: Path, participant: str | None, overwrite: bool
         raise click.BadParameter(f"{rec_dir} {what}; give the rec_* session directory to ingest")
     from rich.console import Console
 
-    from ursa_daemon.ingest import UploadProgress
-    from ursa_daemon.ingest import ingest as run_ingest
     from ursa_daemon.log import byte_progress
+    from ursa_daemon.transfer.ingest import UploadProgress
+    from ursa_daemon.transfer.ingest import ingest as run_ingest
 
     data = obj.data()
     data.enable_writes(roles=("assets_rw", "raw_rw"))
@@ -122,7 +122,7 @@ def register_from_store_cmd(
 ) -> None:
     """Verify bytes already in the store and register them (Path B)."""
     logs_to_stderr(as_json)
-    from ursa_daemon.backfill import register_from_store
+    from ursa_daemon.transfer.backfill import register_from_store
 
     data = obj.data()
     data.enable_writes(roles=("assets_rw",))
@@ -143,7 +143,7 @@ def register_from_store_cmd(
 def reconstruct_manifest(obj: Context, target: str, as_json: bool) -> None:
     """Rebuild a missing manifest from the files of REC_DIR (disk) or REC_ID (store) (Path C)."""
     logs_to_stderr(as_json)
-    from ursa_daemon.backfill import reconstruct_from_disk, reconstruct_from_store
+    from ursa_daemon.transfer.backfill import reconstruct_from_disk, reconstruct_from_store
 
     path = Path(target)
     if path.is_dir():

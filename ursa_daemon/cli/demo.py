@@ -14,9 +14,9 @@ from rich.console import Console
 
 from ursa_daemon.api import DataInterface
 from ursa_daemon.config import Config, LocalProfile
-from ursa_daemon.ingest import UploadProgress, ingest
 from ursa_daemon.log import byte_progress
 from ursa_daemon.session import rel_key
+from ursa_daemon.transfer.ingest import UploadProgress, ingest
 
 __all__ = ["make_sample_session", "run_demo"]
 

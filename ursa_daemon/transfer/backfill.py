@@ -10,15 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from ursa_daemon.catalog import ModalityRow, RecordingRow, SessionRows
 from ursa_daemon.errors import InputError, NodesPending, ObjectNotFound
-from ursa_daemon.ingest import (
-    IngestResult,
-    SessionSpan,
-    object_sha256,
-    put_small,
-    register_rows,
-    register_session,
-    session_rows,
-)
 from ursa_daemon.log import get_logger
 from ursa_daemon.session import (
     MANIFEST_NAME,
@@ -41,6 +32,15 @@ from ursa_daemon.session import (
     walk_session,
 )
 from ursa_daemon.store import Store
+from ursa_daemon.transfer.register import (
+    IngestResult,
+    SessionSpan,
+    object_sha256,
+    put_small,
+    register_rows,
+    register_session,
+    session_rows,
+)
 
 if TYPE_CHECKING:
     from ursa_daemon.transfer.context import Context

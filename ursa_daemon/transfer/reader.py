@@ -28,22 +28,19 @@ from typing import TYPE_CHECKING, Any
 
 from ursa_daemon.catalog import ModalityRow, StorageFormat
 from ursa_daemon.config import Role, S3Profile, resolve_credentials
-from ursa_daemon.download import (
-    DEFAULT_CHUNK_SIZE,
-    DEFAULT_MAX_CONCURRENT_FILES,
-    DEFAULT_RETRY,
+from ursa_daemon.errors import UrsaError
+from ursa_daemon.store import LocalStore, lance_storage_options
+from ursa_daemon.transfer.download import DEFAULT_MAX_CONCURRENT_FILES
+from ursa_daemon.transfer.download_plan import (
     ModalityPlan,
     PlannedObject,
-    ResumableReader,
-    RetryPolicy,
     Source,
     StoreFor,
     plan_modalities,
     resolve_targets,
 )
-from ursa_daemon.errors import UrsaError
-from ursa_daemon.store import LocalStore, lance_storage_options
 from ursa_daemon.transfer.query import QueryResult
+from ursa_daemon.transfer.resumable import DEFAULT_CHUNK_SIZE, DEFAULT_RETRY, ResumableReader, RetryPolicy
 
 if TYPE_CHECKING:
     from ursa_daemon.transfer.context import Context

@@ -20,9 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ursa_daemon.config import Role
-from ursa_daemon.download import DEFAULT_RETRY, RetryPolicy, call_with_retry, resolve_targets
 from ursa_daemon.errors import InputError, ObjectNotFound
-from ursa_daemon.ingest import object_sha256
 from ursa_daemon.session import (
     MANIFEST_NAME,
     NODE_MANIFEST_DIR,
@@ -32,6 +30,9 @@ from ursa_daemon.session import (
     rel_key,
 )
 from ursa_daemon.store import Store, parse_storage_uri
+from ursa_daemon.transfer.download_plan import resolve_targets
+from ursa_daemon.transfer.register import object_sha256
+from ursa_daemon.transfer.resumable import DEFAULT_RETRY, RetryPolicy, call_with_retry
 
 if TYPE_CHECKING:
     from ursa_daemon.transfer.context import Context
