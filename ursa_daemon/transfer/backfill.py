@@ -136,6 +136,29 @@ def register_from_store(
     existing = found[0] if found else None
     if nodes and existing is None and not allow_partial:
         _check_nodes(raw, rec_id, doc)
+    _check_objects(raw, rec_id, files, confirmed)
+    rh = recording_hash(f.sha256 for f in files if f.sha256)
+    if not nodes and doc.get("recording_hash") not in (None, rh):
+        raise InputError(
+            f"{rec_id}: {MANIFEST_NAME} says recording_hash {doc.get('recording_hash')!r} but its "
+            f"files hash to {rh}; run `ursa-daemon reconstruct-manifest {rec_id}`",
+            rec_id=rec_id,
+            file=MANIFEST_NAME,
+        )
+    doc = {**doc, "recording_hash": rh}
+    span = _span(doc, rec_id, src)
+    if participant is None:
+        participant = _store_participant(raw, rec_id)
+    if found is not None and found[0].recording_hash != rh:
+        recording = _add_late_half(data, *found, span, files, doc, participant)
+    else:
+        recording = register_session(data, span, files, doc, participant=participant, overwrite=overwrite)
+    return IngestResult(False, recording, 0, len(files), 0)
+
+
+def _check_objects(raw: Store, rec_id: str, files: list[FileEntry], confirmed: frozenset[str]) -> None:
+    """Every listed object is in the store with the manifest's size and sha256, else one
+    :class:`InputError` listing every one that is missing or different."""
     problems = []
     for entry in files:
         if entry.rel_path in confirmed:
@@ -158,15 +181,10 @@ def register_from_store(
             rec_id=rec_id,
             file=problems[0].split(":")[0],
         )
-    rh = recording_hash(f.sha256 for f in files if f.sha256)
-    if not nodes and doc.get("recording_hash") not in (None, rh):
-        raise InputError(
-            f"{rec_id}: {MANIFEST_NAME} says recording_hash {doc.get('recording_hash')!r} but its "
-            f"files hash to {rh}; run `ursa-daemon reconstruct-manifest {rec_id}`",
-            rec_id=rec_id,
-            file=MANIFEST_NAME,
-        )
-    doc = {**doc, "recording_hash": rh}
+
+
+def _span(doc: dict[str, Any], rec_id: str, src: str) -> SessionSpan:
+    """The session's start and duration: ``end_time`` if given, else ``duration_s``."""
     start_ns = parse_time_ns(doc["start_time"], rec_id=rec_id, key="start_time", file=src)
     end = doc.get("end_time")
     duration_ns = (
@@ -174,14 +192,7 @@ def register_from_store(
         if end is not None
         else round(float(doc.get("duration_s") or 0) * 1e9)
     )
-    if participant is None:
-        participant = _store_participant(raw, rec_id)
-    span = SessionSpan(rec_id, start_ns, duration_ns)
-    if found is not None and found[0].recording_hash != rh:
-        recording = _add_late_half(data, *found, span, files, doc, participant)
-    else:
-        recording = register_session(data, span, files, doc, participant=participant, overwrite=overwrite)
-    return IngestResult(False, recording, 0, len(files), 0)
+    return SessionSpan(rec_id, start_ns, duration_ns)
 
 
 def _registered(data: Context, rec_id: str) -> tuple[RecordingRow, list[ModalityRow]] | None:

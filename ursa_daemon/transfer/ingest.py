@@ -118,20 +118,11 @@ def ingest(
     session = load_session(Path(rec_dir))
     rec_id = session.rec_id
     log.info("session.hashing", rec_id=rec_id, bytes_total=session.bytes_total)
-    if hashed is not None and sorted(f.rel_path for f in hashed) == sorted(f.rel_path for f in session.files):
-        files = hashed
-    else:
-        files = hash_files(session.rec_dir, session.files, known=known_hashes, part_size=hash_part_size(data))
+    files = _hashed_files(data, session, hashed, known_hashes)
     doc = augment(session.manifest, files)
     rh = doc["recording_hash"]
     raw = data.store("raw_rw")
-    cfg = data.upload
-    limits = UploadLimits(
-        max_concurrent_files=max_concurrent_files or cfg.max_concurrent_files,
-        max_concurrency_per_file=cfg.max_concurrency_per_file,
-        part_size=cfg.part_size_bytes,
-        bandwidth_bytes_per_s=cfg.bandwidth_bytes_per_s,
-    )
+    limits = _limits(data, max_concurrent_files)
     name = participant if participant is not None else session.participant
     span = SessionSpan(rec_id, session.start_time_ns, session.duration_ns)
     _check_rows(data, span, files, doc, name)  # what the catalog would refuse, refused before any byte moves
@@ -142,29 +133,17 @@ def ingest(
         _replace_changed_version(data, rec_id, rh, stored_doc, overwrite)
     todo = files if overwrite else _files_to_upload(raw, rec_id, files, tracker, stored_doc)
     started = time.monotonic()
-    try:
-        done = upload_files(
-            raw,
-            session.rec_dir,
-            rec_id,
-            todo,
-            should_stop=should_stop,
-            limits=limits,
-            limiter=limiter or RateLimiter(limits.bandwidth_bytes_per_s),
-            on_done=tracker.file_done,
-            journal=journal,
-            on_file_bytes=on_file_bytes,
-        )
-    except InputError:  # a file changed: this session's uploads will not be completed as they are
-        if journal is not None:
-            abort_uploads(raw, journal, journal.multipart_uploads(rec_id))
-        discard_partials(raw, rec_id)
-        raise
-    if done and journal is not None:  # every file is in: what the journal still holds is left over
-        abort_uploads(raw, journal, journal.multipart_uploads(rec_id))
-    if done:  # and what no journal holds (a lost state database, a process that died mid-upload)
-        abort_orphan_uploads(raw, rec_id, journal)
-        discard_partials(raw, rec_id)
+    done = _upload(
+        raw,
+        session,
+        todo,
+        should_stop=should_stop,
+        limits=limits,
+        limiter=limiter or RateLimiter(limits.bandwidth_bytes_per_s),
+        tracker=tracker,
+        journal=journal,
+        on_file_bytes=on_file_bytes,
+    )
     if not done or should_stop():
         log.info("session.paused", rec_id=rec_id, recording_hash=rh, bytes_done=tracker.bytes_uploaded)
         paused = tracker.result(paused=True, recording=None)
@@ -187,6 +166,66 @@ def ingest(
         return tracker.result(paused=False, recording=None, pending=rows)
     recording = register_rows(data, rows, overwrite=overwrite)
     return tracker.result(paused=False, recording=recording)
+
+
+def _hashed_files(
+    data: Context, session: Session, hashed: list[FileEntry] | None, known: dict[str, str] | None
+) -> list[FileEntry]:
+    """The caller's ``hashed`` when it lists exactly the session's files, else a fresh hash."""
+    if hashed is not None and sorted(f.rel_path for f in hashed) == sorted(f.rel_path for f in session.files):
+        return hashed
+    return hash_files(session.rec_dir, session.files, known=known, part_size=hash_part_size(data))
+
+
+def _limits(data: Context, max_concurrent_files: int | None) -> UploadLimits:
+    cfg = data.upload
+    return UploadLimits(
+        max_concurrent_files=max_concurrent_files or cfg.max_concurrent_files,
+        max_concurrency_per_file=cfg.max_concurrency_per_file,
+        part_size=cfg.part_size_bytes,
+        bandwidth_bytes_per_s=cfg.bandwidth_bytes_per_s,
+    )
+
+
+def _upload(
+    raw: Store,
+    session: Session,
+    todo: list[FileEntry],
+    *,
+    should_stop: Callable[[], bool],
+    limits: UploadLimits,
+    limiter: RateLimiter,
+    tracker: _Progress,
+    journal: UploadJournal | None,
+    on_file_bytes: Callable[[str, int], None] | None,
+) -> bool:
+    """Upload ``todo``; True when every file is in. Then, and when a file changed meanwhile,
+    no open multipart upload or partial local copy of this session is left in the store."""
+    rec_id = session.rec_id
+    try:
+        done = upload_files(
+            raw,
+            session.rec_dir,
+            rec_id,
+            todo,
+            should_stop=should_stop,
+            limits=limits,
+            limiter=limiter,
+            on_done=tracker.file_done,
+            journal=journal,
+            on_file_bytes=on_file_bytes,
+        )
+    except InputError:  # a file changed: this session's uploads will not be completed as they are
+        if journal is not None:
+            abort_uploads(raw, journal, journal.multipart_uploads(rec_id))
+        discard_partials(raw, rec_id)
+        raise
+    if done and journal is not None:  # every file is in: what the journal still holds is left over
+        abort_uploads(raw, journal, journal.multipart_uploads(rec_id))
+    if done:  # and what no journal holds (a lost state database, a process that died mid-upload)
+        abort_orphan_uploads(raw, rec_id, journal)
+        discard_partials(raw, rec_id)
+    return done
 
 
 def _finish_node_half(

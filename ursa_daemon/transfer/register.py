@@ -136,6 +136,13 @@ def session_rows(
         metadata=metadata,
         registered_at=time.time_ns(),
     )
+    return SessionRows(participants, recording, _modality_rows(profile, rh, rec_id, files, doc))
+
+
+def _modality_rows(
+    profile: LocalProfile | S3Profile, rh: str, rec_id: str, files: list[FileEntry], doc: dict[str, Any]
+) -> list[ModalityRow]:
+    """One raw modality row per worker subdirectory, with its ``workers.<name>`` sampling rate."""
     workers_meta: dict[str, Any] = doc["workers"] if isinstance(doc.get("workers"), dict) else {}
     by_worker: dict[str, list[FileEntry]] = {}
     for f in files:
@@ -165,7 +172,7 @@ def session_rows(
                 metadata={},
             )
         )
-    return SessionRows(participants, recording, modalities)
+    return modalities
 
 
 def register_session(
