@@ -6,8 +6,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,6 +18,7 @@ from ursa_daemon.errors import ConfigError
 
 if TYPE_CHECKING:
     from ursa_daemon.config import Config
+    from ursa_daemon.daemon import Daemon, DrainSummary
 
 __all__ = ["drain"]
 
@@ -61,8 +63,21 @@ def drain(obj: Context, roots: tuple[Path, ...], shard: str | None, as_json: boo
     _check_drain_roots(targets, given=bool(roots), config=config)
     console = Console(stderr=True)
     summary = DrainSummary()
+    abort = _abort_at_once(summary, began, as_json, console)
+    with Daemon(config) as daemon:
+        install_stop_handlers(daemon.stopping, daemon=daemon, on_second=abort)
+        with drain_progress(console) as bar:
+            _drain_with_progress(daemon, bar, targets, summary, shard_kn)
+    summary.elapsed_s = time.monotonic() - began  # wall time, the scan included
+    drain_report(summary, as_json, console)
+    if summary.exit_code:
+        sys.exit(summary.exit_code)
 
-    def abort(signame: str) -> None:  # a second signal: say what is known and stop now
+
+def _abort_at_once(summary: DrainSummary, began: float, as_json: bool, console: Any) -> Callable[[str], None]:
+    """What a second signal does: say what is known and stop now."""
+
+    def abort(signame: str) -> None:
         summary.stopped_by = summary.stopped_by or signame
         summary.account_unfinished()
         summary.elapsed_s = time.monotonic() - began
@@ -73,34 +88,33 @@ def drain(obj: Context, roots: tuple[Path, ...], shard: str | None, as_json: boo
         sys.stderr.flush()
         os._exit(summary.exit_code if summary.exit_code >= 128 else 128 + int(signal.Signals[signame]))
 
-    with Daemon(config) as daemon:
-        install_stop_handlers(daemon.stopping, daemon=daemon, on_second=abort)
-        with drain_progress(console) as bar:
-            sessions = bar.add_task("sessions", total=None, unit="sessions")
-            current = bar.add_task("", total=None, unit="bytes", visible=False)
+    return abort
 
-            shown = [""]
 
-            def on_bytes(rec_id: str, phase: str, done: int, total: int) -> None:
-                label = rec_id if phase == "uploading" else f"{rec_id} {phase}"
-                if label != shown[0]:  # a new session or phase: its own rate and time left
-                    shown[0] = label
-                    bar.reset(current, description=label, completed=done, total=total, visible=True)
-                else:
-                    bar.update(current, completed=done, total=total)
+def _drain_with_progress(
+    daemon: Daemon, bar: Any, targets: list[Path], summary: DrainSummary, shard: tuple[int, int] | None
+) -> None:
+    """The drain, with a bar of sessions done and one of the current session's bytes."""
+    sessions = bar.add_task("sessions", total=None, unit="sessions")
+    current = bar.add_task("", total=None, unit="bytes", visible=False)
+    shown = [""]
 
-            daemon.on_bytes = on_bytes
-            daemon.drain(
-                targets,
-                on_outcome=lambda _o: bar.advance(sessions),
-                on_start=lambda n: bar.update(sessions, total=n),
-                summary=summary,
-                shard=shard_kn,
-            )
-    summary.elapsed_s = time.monotonic() - began  # wall time, the scan included
-    drain_report(summary, as_json, console)
-    if summary.exit_code:
-        sys.exit(summary.exit_code)
+    def on_bytes(rec_id: str, phase: str, done: int, total: int) -> None:
+        label = rec_id if phase == "uploading" else f"{rec_id} {phase}"
+        if label != shown[0]:  # a new session or phase: its own rate and time left
+            shown[0] = label
+            bar.reset(current, description=label, completed=done, total=total, visible=True)
+        else:
+            bar.update(current, completed=done, total=total)
+
+    daemon.on_bytes = on_bytes
+    daemon.drain(
+        targets,
+        on_outcome=lambda _o: bar.advance(sessions),
+        on_start=lambda n: bar.update(sessions, total=n),
+        summary=summary,
+        shard=shard,
+    )
 
 
 def _check_drain_roots(targets: list[Path], *, given: bool, config: Config) -> None:
