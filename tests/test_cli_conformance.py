@@ -20,7 +20,7 @@ from ursa_daemon.api import DataInterface
 from ursa_daemon.cli.demo import make_sample_session
 from ursa_daemon.config import load_config
 from ursa_daemon.errors import ConfigError
-from ursa_daemon.state import StateLock
+from ursa_daemon.daemon.lock import StateLock
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -16,10 +16,11 @@ from conftest import local_config_dict
 from structlog.testing import capture_logs
 
 import ursa_daemon.transfer.ingest as ingest_mod
+from ursa_daemon.api import DataInterface
 from ursa_daemon.catalog import Catalog
 from ursa_daemon.config import config_from_dict
 from ursa_daemon.daemon import Daemon
-from ursa_daemon.state import SessionState
+from ursa_daemon.daemon.state import SessionState
 
 
 def _session(root: Path, n: int, body: bytes, **manifest: Any) -> Path:
@@ -138,12 +139,12 @@ def test_non_latin_and_blank_participants_register(local_daemon) -> None:
     (named / "participant.txt").write_text("李小龍\n", encoding="utf-8")
     (blank / "participant.txt").write_bytes(b"")
     assert sorted(daemon.drain([root]).registered) == [named.name, blank.name]
-    found = daemon.data.query(participants=["李小龍"])
+    found = DataInterface(config=daemon.config).query(participants=["李小龍"])
     assert [r.rec_id for r in found] == [named.name] and found[0].participant_ids[0].startswith("p_")
     pid = found[0].participant_ids[0]
     participant = daemon.data._write_catalog().get_participant(pid)
     assert participant is not None and participant.display_name == "李小龍"
-    assert daemon.data.query(rec_id=blank.name)[0].participant_ids == []
+    assert DataInterface(config=daemon.config).query(rec_id=blank.name)[0].participant_ids == []
 
 
 def test_ingest_json_on_an_unexpected_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

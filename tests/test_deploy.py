@@ -223,7 +223,7 @@ def test_unit_directives() -> None:
     assert lines["ReadWritePaths"] == "/var/lib/ursa-daemon"
     # the watchdog outlives several 5 s beats; systemd waits longer than the daemon's stop budget
     from ursa_daemon.daemon import DEFAULT_STOP_BUDGET_S
-    from ursa_daemon.watch import HEARTBEAT_S
+    from ursa_daemon.daemon.watch import HEARTBEAT_S
 
     assert int(lines["WatchdogSec"].rstrip("s")) >= 4 * HEARTBEAT_S
     assert int(lines["TimeoutStopSec"].rstrip("s")) > DEFAULT_STOP_BUDGET_S + 5
@@ -247,7 +247,7 @@ def test_maintain_units() -> None:
     assert service["User"] == "ursa-daemon" and service["IOSchedulingClass"] == "idle"
     assert service["ProtectSystem"] == "strict" and service["NoNewPrivileges"] == "yes"
     # the run must end well inside the lease that keeps a second run out
-    from ursa_daemon.maintain import DEFAULT_LEASE
+    from ursa_daemon.daemon.maintain import DEFAULT_LEASE
 
     assert int(service["TimeoutStartSec"].rstrip("min")) * 60 < DEFAULT_LEASE.total_seconds()
     assert timer["Unit"] == "ursa-daemon-maintain.service" and timer["OnCalendar"] == "hourly"

@@ -21,7 +21,7 @@ from harness import write_session
 
 from ursa_daemon.api import DataInterface
 from ursa_daemon.config import load_config
-from ursa_daemon.maintain import LEASE_KEY
+from ursa_daemon.daemon.maintain import LEASE_KEY
 
 
 def _cli(config: Path, *args: str) -> subprocess.Popen[str]:

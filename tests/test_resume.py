@@ -25,11 +25,11 @@ from conftest import s3_config_dict
 from faultproxy import FaultProxy
 from structlog.testing import capture_logs
 
-from ursa_daemon.activity import Activity
+from ursa_daemon.daemon.activity import Activity
 from ursa_daemon.config import Config, config_from_dict
 from ursa_daemon.daemon import Daemon
 from ursa_daemon.log import human_bytes
-from ursa_daemon.state import MultipartRecord, SessionState
+from ursa_daemon.daemon.state import MultipartRecord, SessionState
 
 PART = 5 << 20
 NPARTS = 5
@@ -263,7 +263,7 @@ def test_sigkill_mid_file_then_restart_resumes_the_same_upload(  # type: ignore[
 def test_sweep_aborts_uploads_that_will_not_be_continued(  # type: ignore[no-untyped-def]
     moto_server, s3_buckets, s3_env, tmp_path: Path
 ) -> None:
-    from ursa_daemon.watch import Runner
+    from ursa_daemon.daemon.watch import Runner
 
     doc = s3_config_dict(moto_server.endpoint, *s3_buckets, tmp_path)
     config = config_from_dict(doc, base_dir=tmp_path)

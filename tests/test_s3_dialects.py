@@ -219,7 +219,7 @@ def test_seaweed_daemon_pause_and_resume_registers_byte_exact(  # type: ignore[n
 ) -> None:
     """The daemon's whole S3 path on a second real server: a paused multipart upload continues
     part by part and the session registers once, the bytes exact."""
-    from ursa_daemon.activity import Activity
+    from ursa_daemon.daemon.activity import Activity
 
     doc = seaweed_config_dict(seaweed_server, *seaweed_buckets, tmp_path)
     doc["upload"] = {"part_size_bytes": PART, "max_concurrent_files": 1, "bandwidth_bytes_per_s": 8_000_000}
@@ -266,7 +266,7 @@ def test_resume_proves_parts_the_journal_missed_from_list_parts(  # type: ignore
     rest; a listed part whose bytes are not the file's is sent again."""
     import io
 
-    from ursa_daemon.state import MultipartRecord, StateDB
+    from ursa_daemon.daemon.state import MultipartRecord, StateDB
     from ursa_daemon.store.multipart import b64_crc32c  # noqa: F401 - the header the parts carry
 
     doc = s3_config_dict(moto_server.endpoint, *s3_buckets, tmp_path)

@@ -91,7 +91,7 @@ def child(name: str, rec: Path, endpoint: str, raw: str, assets: str, scratch: P
 
         from ursa_daemon.api import DataInterface
         from ursa_daemon.config import config_from_dict
-        from ursa_daemon.state import StateDB
+        from ursa_daemon.daemon.state import StateDB
         from ursa_daemon.transfer.ingest import ingest
 
         conftest = _load_conftest()

@@ -98,7 +98,7 @@ def cpu_now() -> float:
 def run_ours(
     moto: MotoProcess, rec: Path, bucket: str, assets: str, scratch: Path, upload: dict[str, int], *, journal: bool
 ) -> Callable[[], None]:
-    from ursa_daemon.state import StateDB
+    from ursa_daemon.daemon.state import StateDB
     from ursa_daemon.transfer.ingest import ingest
 
     data = s3_data(moto.endpoint, bucket, assets, scratch, upload)

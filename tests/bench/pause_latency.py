@@ -74,7 +74,7 @@ def one_trial(
     quiet: float,
     upload: dict[str, int],
 ) -> dict[str, Any]:
-    from ursa_daemon.state import StateDB
+    from ursa_daemon.daemon.state import StateDB
     from ursa_daemon.transfer.ingest import ingest
 
     moto.reset()

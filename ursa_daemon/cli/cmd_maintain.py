@@ -30,8 +30,8 @@ def maintain(obj: Context, keep_versions_hours: float, as_json: bool) -> None:
     logs_to_stderr(as_json)
     from datetime import timedelta
 
-    from ursa_daemon.maintain import LeaseHeld
-    from ursa_daemon.maintain import maintain as run_maintain
+    from ursa_daemon.daemon.maintain import LeaseHeld
+    from ursa_daemon.daemon.maintain import maintain as run_maintain
 
     try:
         report = run_maintain(obj.data(), keep_versions=timedelta(hours=keep_versions_hours))

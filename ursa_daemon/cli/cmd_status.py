@@ -21,7 +21,7 @@ def status(obj: Context, as_json: bool) -> None:
     also show each such file's confirmed parts and bytes.
     """
     logs_to_stderr(as_json)
-    from ursa_daemon.state import StateDB
+    from ursa_daemon.daemon.state import StateDB
 
     state = StateDB(obj.config.state_dir)
     try:

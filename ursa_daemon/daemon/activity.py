@@ -1,4 +1,4 @@
-"""Is the rig recording? Debounced activity from several sources → ``is_active()``.
+"""Is the rig recording, and may we upload now? Debounced activity → ``is_active()``; upload windows.
 
 Sources, combined: writes inside any session that is not complete yet (fed
 by the session watcher's inotify stream through :meth:`Activity.touch`), a
@@ -12,11 +12,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from datetime import datetime
+from datetime import time as dtime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
-__all__ = ["Activity", "lower_own_priority", "recorder_writing"]
+if TYPE_CHECKING:
+    from ursa_daemon.config import Config
+
+__all__ = ["Activity", "build_activity", "in_upload_window", "lower_own_priority", "recorder_writing"]
 
 
 def recorder_writing(names: Iterable[str], root: Path) -> bool:
@@ -89,3 +95,26 @@ def lower_own_priority() -> None:
             me.ionice(psutil.IOPRIO_CLASS_IDLE)
     except (psutil.AccessDenied, OSError):
         pass
+
+
+def build_activity(config: Config) -> Activity:
+    """The configured sources: the flag file, recorder processes under the recordings root."""
+    cfg = config.activity
+    root = config.recordings_root
+    probe = (lambda: recorder_writing(cfg.recorder_processes, root)) if cfg.recorder_processes else None
+    return Activity(quiet_seconds=cfg.quiet_seconds, flag_file=cfg.flag_file, probe=probe)
+
+
+def in_upload_window(windows: list[str], now: datetime | None = None) -> bool:
+    """True when no windows are configured, or local time is inside one ``HH:MM-HH:MM``
+    (a window may wrap midnight: ``19:00-07:00``)."""
+    if not windows:
+        return True
+    t = (now or datetime.now()).time()
+    for w in windows:
+        start_s, end_s = w.split("-")
+        start, end = dtime.fromisoformat(start_s), dtime.fromisoformat(end_s)
+        inside = start <= t < end if start <= end else (t >= start or t < end)
+        if inside:
+            return True
+    return False

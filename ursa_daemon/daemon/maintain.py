@@ -34,7 +34,7 @@ from ursa_daemon.errors import ObjectExists, ObjectNotFound, UrsaError
 from ursa_daemon.log import get_logger
 
 if TYPE_CHECKING:
-    from ursa_daemon.api import DataInterface
+    from ursa_daemon.transfer.context import Context
     from ursa_daemon.store import Store
 
 __all__ = [
@@ -79,7 +79,7 @@ class MaintainReport:
 
 
 def maintain(
-    data: DataInterface,
+    data: Context,
     *,
     keep_versions: timedelta = DEFAULT_KEEP_VERSIONS,
     lease: timedelta = DEFAULT_LEASE,
@@ -99,7 +99,7 @@ def maintain(
     report = MaintainReport(holder=holder, keep_versions_s=keep_versions.total_seconds())
     started = time.monotonic()
     try:
-        catalog = data._write_catalog()
+        catalog = data.write_catalog()
         catalog.refresh()
         report.versions_before = catalog.table_versions()
         log.info("catalog.maintenance_started", holder=holder)

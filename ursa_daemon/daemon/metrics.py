@@ -57,13 +57,13 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ursa_daemon.daemon.state_schema import SessionState
 from ursa_daemon.log import get_logger
-from ursa_daemon.state import SessionState
 
 if TYPE_CHECKING:
     from ursa_daemon.config import Config
-    from ursa_daemon.daemon import Outcome
-    from ursa_daemon.state import StateDB
+    from ursa_daemon.daemon.outcome import Outcome
+    from ursa_daemon.daemon.state import StateDB
     from ursa_daemon.transfer.ingest import UploadProgress
 
 __all__ = ["METRICS", "Metrics", "MetricsServer", "serve"]

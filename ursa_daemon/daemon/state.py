@@ -1,36 +1,34 @@
-"""SQLite resume state under ``state_dir``: the only SQL in the package.
+"""SQLite resume state under ``state_dir``: the only SQL in the package (with ``state_schema``).
 
-One row per session (state, attempts, last error, next attempt, recording
-hash, progress), one row per file (size, mtime, sha256, confirmed), and one
-row per open multipart upload (bucket, key, upload id, the file's size and
-sha256, part size) with one row per confirmed part (number, size, ETag,
-sha256), written as each part is confirmed. WAL
-mode with ``synchronous=FULL``: a committed transaction survives SIGKILL and
-power loss. The schema is versioned with ``PRAGMA user_version`` and upgraded
-by the ordered ``MIGRATIONS``. ``StateLock`` is an exclusive ``flock`` on
-``state_dir/lock``: a second process fails at once with :class:`StateLocked`.
+What is stored is described in :mod:`ursa_daemon.daemon.state_schema`. WAL mode
+with ``synchronous=FULL``: a committed transaction survives SIGKILL and power loss.
+The lock that makes one process the writer is :class:`~ursa_daemon.daemon.lock.StateLock`.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from ursa_daemon.errors import StateError, StateLocked
+from ursa_daemon.daemon.state_schema import (
+    MIGRATIONS,
+    FileParts,
+    FileState,
+    SessionRecord,
+    SessionState,
+    session_record,
+    upload_record,
+)
+from ursa_daemon.errors import StateError
 from ursa_daemon.log import get_logger
 from ursa_daemon.store.base import MultipartRecord, PartRecord
 
 __all__ = [
-    "MIGRATIONS",
     "FileParts",
     "FileState",
     "MultipartRecord",
@@ -38,227 +36,11 @@ __all__ = [
     "SessionRecord",
     "SessionState",
     "StateDB",
-    "StateLock",
 ]
 
 log = get_logger("ursa.state")
 
 DB_NAME = "state.sqlite3"
-LOCK_NAME = "lock"
-
-
-class SessionState(StrEnum):
-    """SPEC section 5: discovered → hashing → uploading ⇄ paused → registering → registered."""
-
-    DISCOVERED = "discovered"
-    HASHING = "hashing"
-    UPLOADING = "uploading"
-    PAUSED = "paused"
-    REGISTERING = "registering"
-    REGISTERED = "registered"
-    FAILED = "failed"
-    REJECTED = "rejected"
-
-
-MIGRATIONS: tuple[str, ...] = (
-    # 1: sessions and files
-    """
-    CREATE TABLE sessions (
-        rec_id          TEXT PRIMARY KEY,
-        root            TEXT NOT NULL,
-        state           TEXT NOT NULL,
-        recording_hash  TEXT,
-        attempts        INTEGER NOT NULL DEFAULT 0,
-        last_error      TEXT,
-        next_attempt_at REAL,
-        signature       TEXT,
-        files_total     INTEGER NOT NULL DEFAULT 0,
-        files_done      INTEGER NOT NULL DEFAULT 0,
-        bytes_total     INTEGER NOT NULL DEFAULT 0,
-        bytes_done      INTEGER NOT NULL DEFAULT 0,
-        updated_at      REAL NOT NULL
-    );
-    CREATE INDEX sessions_state ON sessions(state);
-    CREATE TABLE files (
-        rec_id     TEXT NOT NULL REFERENCES sessions(rec_id) ON DELETE CASCADE,
-        rel_path   TEXT NOT NULL,
-        size       INTEGER NOT NULL,
-        mtime_ns   INTEGER NOT NULL,
-        sha256     TEXT,
-        confirmed  INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (rec_id, rel_path)
-    ) WITHOUT ROWID;
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    """,
-    # 2: multipart uploads in progress and their confirmed parts (part-level resume)
-    """
-    CREATE TABLE uploads (
-        upload_id   TEXT PRIMARY KEY,
-        rec_id      TEXT NOT NULL,
-        rel_path    TEXT NOT NULL,
-        bucket      TEXT NOT NULL,
-        key         TEXT NOT NULL,
-        size        INTEGER NOT NULL,
-        sha256      TEXT NOT NULL,
-        part_size   INTEGER NOT NULL,
-        created_at  REAL NOT NULL,
-        updated_at  REAL NOT NULL
-    );
-    CREATE UNIQUE INDEX uploads_file ON uploads(rec_id, rel_path);
-    CREATE TABLE parts (
-        upload_id   TEXT NOT NULL REFERENCES uploads(upload_id) ON DELETE CASCADE,
-        number      INTEGER NOT NULL,
-        size        INTEGER NOT NULL,
-        etag        TEXT NOT NULL,
-        sha256      TEXT NOT NULL,
-        PRIMARY KEY (upload_id, number)
-    ) WITHOUT ROWID;
-    """,
-    # 3: where the current phase (hashing, uploading) started, for the rate and ETA in status
-    """
-    ALTER TABLE sessions ADD COLUMN moving_since REAL;
-    ALTER TABLE sessions ADD COLUMN moving_from INTEGER NOT NULL DEFAULT 0;
-    """,
-)
-
-
-@dataclass(frozen=True)
-class SessionRecord:
-    rec_id: str
-    root: str
-    state: SessionState
-    recording_hash: str | None
-    attempts: int
-    last_error: str | None
-    next_attempt_at: float | None
-    signature: str | None
-    files_total: int
-    files_done: int
-    bytes_total: int
-    bytes_done: int
-    updated_at: float
-    #: when the current hashing or uploading phase began (None: not moving), and bytes_done then
-    moving_since: float | None = None
-    moving_from: int = 0
-
-    @property
-    def rate(self) -> float | None:
-        """Bytes per second of the current phase, from its start to the last progress write."""
-        if self.moving_since is None or self.state not in (SessionState.HASHING, SessionState.UPLOADING):
-            return None
-        elapsed = self.updated_at - self.moving_since
-        moved = self.bytes_done - self.moving_from
-        return moved / elapsed if elapsed > 0.5 and moved > 0 else None
-
-    @property
-    def eta_s(self) -> float | None:
-        """Seconds left at the current rate."""
-        rate = self.rate
-        return None if rate is None else max(0, self.bytes_total - self.bytes_done) / rate
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "rec_id": self.rec_id,
-            "state": str(self.state),
-            "recording_hash": self.recording_hash,
-            "files_done": self.files_done,
-            "files_total": self.files_total,
-            "bytes_done": self.bytes_done,
-            "bytes_total": self.bytes_total,
-            "attempts": self.attempts,
-            "last_error": self.last_error,
-            "next_attempt_at": self.next_attempt_at,
-            "rate_bytes_per_s": None if self.rate is None else round(self.rate),
-            "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
-        }
-
-
-@dataclass(frozen=True)
-class FileState:
-    rel_path: str
-    size: int
-    mtime_ns: int
-    sha256: str | None
-    confirmed: bool
-
-
-@dataclass(frozen=True)
-class FileParts:
-    """Part progress of one file's open multipart upload, for ``status``."""
-
-    rec_id: str
-    rel_path: str
-    parts_done: int
-    parts_total: int
-    bytes_done: int
-    bytes_total: int
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "rel_path": self.rel_path,
-            "parts_done": self.parts_done,
-            "parts_total": self.parts_total,
-            "bytes_done": self.bytes_done,
-            "bytes_total": self.bytes_total,
-        }
-
-
-#: names the lock's descriptor kept across ``run``'s re-exec (see :meth:`StateLock.hand_over`)
-LOCK_FD_ENV = "URSA_STATE_LOCK_FD"
-
-
-def _inherited_lock(path: Path) -> int | None:
-    """The lock descriptor this process image was handed, if it is ``path``'s (else None)."""
-    raw = os.environ.pop(LOCK_FD_ENV, None)
-    if raw is None or not raw.isdigit():
-        return None
-    fd = int(raw)
-    try:
-        held, there = os.fstat(fd), os.stat(path)
-    except OSError:
-        return None
-    if (held.st_dev, held.st_ino) != (there.st_dev, there.st_ino):
-        return None
-    os.set_inheritable(fd, False)
-    return fd  # flock belongs to the open file description: taking it again succeeds at once
-
-
-class StateLock:
-    """An exclusive, non-blocking ``flock`` on ``state_dir/lock``, released on close or death."""
-
-    def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self.path = state_dir / LOCK_NAME
-        self._fd: int | None = _inherited_lock(self.path) or os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(self._fd)
-            self._fd = None
-            raise StateLocked(
-                f"another ursa-daemon process (pid {holder}) holds the state lock {self.path}; "
-                "stop it first (systemctl stop ursa-daemon) or use another state_dir"
-            ) from None
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, str(os.getpid()).encode(), 0)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def hand_over(self) -> dict[str, str]:
-        """Keep the lock across an ``exec`` of this process: the environment for the new image."""
-        assert self._fd is not None
-        os.set_inheritable(self._fd, True)
-        return {LOCK_FD_ENV: str(self._fd)}
-
-    def __enter__(self) -> StateLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class StateDB:
@@ -362,14 +144,14 @@ class StateDB:
 
     def session(self, rec_id: str) -> SessionRecord | None:
         rows = self._query("SELECT * FROM sessions WHERE rec_id = ?", (rec_id,))
-        return _session(rows[0]) if rows else None
+        return session_record(rows[0]) if rows else None
 
     def sessions(self, state: SessionState | None = None) -> list[SessionRecord]:
         if state is None:
             rows = self._query("SELECT * FROM sessions ORDER BY rec_id")
         else:
             rows = self._query("SELECT * FROM sessions WHERE state = ? ORDER BY rec_id", (str(state),))
-        return [_session(r) for r in rows]
+        return [session_record(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self._query("SELECT state, count(*) FROM sessions GROUP BY state")}
@@ -465,14 +247,14 @@ class StateDB:
 
     def multipart_upload(self, rec_id: str, rel_path: str) -> MultipartRecord | None:
         rows = self._query("SELECT * FROM uploads WHERE rec_id = ? AND rel_path = ?", (rec_id, rel_path))
-        return _upload(rows[0]) if rows else None
+        return upload_record(rows[0]) if rows else None
 
     def multipart_uploads(self, rec_id: str | None = None) -> list[MultipartRecord]:
         if rec_id is None:
             rows = self._query("SELECT * FROM uploads ORDER BY created_at")
         else:
             rows = self._query("SELECT * FROM uploads WHERE rec_id = ? ORDER BY rel_path", (rec_id,))
-        return [_upload(r) for r in rows]
+        return [upload_record(r) for r in rows]
 
     def start_multipart(self, rec: MultipartRecord) -> None:
         """Record a new upload for a file, replacing (with its parts) any older one of that file."""
@@ -512,7 +294,7 @@ class StateDB:
                WHERE s.rec_id IS NULL OR s.state IN (?, ?) OR u.updated_at < ? ORDER BY u.created_at""",
             (str(SessionState.REGISTERED), str(SessionState.REJECTED), older_than),
         )
-        return [_upload(r) for r in rows]
+        return [upload_record(r) for r in rows]
 
     def part_progress(self) -> dict[str, list[FileParts]]:
         """Per session, the part progress of every open multipart upload."""
@@ -531,42 +313,7 @@ class StateDB:
         return out
 
 
-def _upload(r: sqlite3.Row) -> MultipartRecord:
-    return MultipartRecord(
-        upload_id=r["upload_id"],
-        rec_id=r["rec_id"],
-        rel_path=r["rel_path"],
-        bucket=r["bucket"],
-        key=r["key"],
-        size=r["size"],
-        sha256=r["sha256"],
-        part_size=r["part_size"],
-        created_at=r["created_at"],
-        updated_at=r["updated_at"],
-    )
-
-
 def _corrupt(exc: sqlite3.DatabaseError) -> bool:
     """An error that says the file is not (or no longer) a sound SQLite database."""
     text = str(exc).lower()
     return any(s in text for s in ("not a database", "malformed", "quick_check", "encrypted"))
-
-
-def _session(r: sqlite3.Row) -> SessionRecord:
-    return SessionRecord(
-        rec_id=r["rec_id"],
-        root=r["root"],
-        state=SessionState(r["state"]),
-        recording_hash=r["recording_hash"],
-        attempts=r["attempts"],
-        last_error=r["last_error"],
-        next_attempt_at=r["next_attempt_at"],
-        signature=r["signature"],
-        files_total=r["files_total"],
-        files_done=r["files_done"],
-        bytes_total=r["bytes_total"],
-        bytes_done=r["bytes_done"],
-        updated_at=r["updated_at"],
-        moving_since=r["moving_since"],
-        moving_from=r["moving_from"],
-    )

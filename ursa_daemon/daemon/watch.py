@@ -37,14 +37,17 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
+from ursa_daemon.daemon.activity import build_activity
+from ursa_daemon.daemon.metrics import serve as serve_metrics
+from ursa_daemon.daemon.state_schema import SessionRecord, SessionState
+from ursa_daemon.daemon.systemd import install_stop_handlers, sd_notify
 from ursa_daemon.errors import UrsaError
 from ursa_daemon.log import get_logger
 from ursa_daemon.session import has_manifest, scan_root, session_of, tree_signature
-from ursa_daemon.state import SessionRecord, SessionState
 from ursa_daemon.transfer.abort import abort_uploads
 
 if TYPE_CHECKING:
-    from ursa_daemon.daemon import Daemon
+    from ursa_daemon.daemon.worker import Worker
 
 __all__ = ["Runner"]
 
@@ -82,11 +85,9 @@ class _Events(FileSystemEventHandler):
 
 
 class Runner:
-    """The long-running loop around a :class:`Daemon`."""
+    """The long-running loop around a :class:`~ursa_daemon.daemon.worker.Worker` (the Daemon)."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        from ursa_daemon.daemon import build_activity
-
+    def __init__(self, daemon: Worker) -> None:
         self.daemon = daemon
         self.config = daemon.config
         self.root = Path(self.config.recordings_root)
@@ -122,9 +123,6 @@ class Runner:
         """Until SIGTERM/SIGINT. With ``shed`` (the ``run`` command), also return with
         :attr:`shed_requested` set once nothing was to do for ``watch.shed_after_idle_seconds``
         after a session brought the catalog stack in: the caller re-executes the process."""
-        from ursa_daemon.daemon import install_stop_handlers, sd_notify
-        from ursa_daemon.metrics import serve as serve_metrics
-
         stop = self.daemon.stopping
         install_stop_handlers(stop)
         # a re-executed image starts with them blocked, so none is lost in between: now they stop us
@@ -189,8 +187,6 @@ class Runner:
         return not queued and not self.daemon.should_pause()
 
     def _heartbeat(self) -> None:
-        from ursa_daemon.daemon import sd_notify
-
         active = self.activity.is_active()
         if active != self.active_reported:
             self.active_reported = active
