@@ -41,17 +41,35 @@ def ingest(obj: Context, rec_dir: Path, participant: str | None, overwrite: bool
     if not rec_dir.is_dir():
         what = "does not exist" if not rec_dir.exists() else "is not a directory"
         raise click.BadParameter(f"{rec_dir} {what}; give the rec_* session directory to ingest")
+    data = obj.data()
+    data.enable_writes(roles=("assets_rw", "raw_rw"))
+    began = time.monotonic()
+    try:
+        result = _ingest_with_progress(data, rec_dir, participant=participant, overwrite=overwrite)
+    except NodesPending as exc:  # a dual-node half is in; the peer's is not yet: not a failure
+        _ingest_waiting(exc, rec_dir.name, as_json)
+        return
+    summary = ingest_summary(result, rec_dir.name)
+    if as_json:
+        emit_json(summary)
+    else:
+        click.echo(
+            f"{rec_dir.name}: registered {summary['recording_hash']} "
+            f"({result.files_uploaded} uploaded, {result.files_skipped} skipped, "
+            f"{hb(result.bytes_uploaded)} in {human_duration(time.monotonic() - began)})",
+            err=True,
+        )
+
+
+def _ingest_with_progress(data: Any, rec_dir: Path, *, participant: str | None, overwrite: bool) -> Any:
+    """The ingest under a byte bar on stderr: files decided plus the bytes of files on their way."""
     from rich.console import Console
 
     from ursa_daemon.log import byte_progress
     from ursa_daemon.transfer.ingest import UploadProgress
     from ursa_daemon.transfer.ingest import ingest as run_ingest
 
-    data = obj.data()
-    data.enable_writes(roles=("assets_rw", "raw_rw"))
-    console = Console(stderr=True)
-    began = time.monotonic()
-    with byte_progress(console) as bar:
+    with byte_progress(Console(stderr=True)) as bar:
         task = bar.add_task(rec_dir.name, total=None)
         decided = [0]
         in_flight: dict[str, int] = {}
@@ -65,28 +83,9 @@ def ingest(obj: Context, rec_dir: Path, participant: str | None, overwrite: bool
             in_flight[rel_path] = in_flight.get(rel_path, 0) + n
             bar.update(task, completed=decided[0] + sum(in_flight.values()))
 
-        pending: NodesPending | None = None
-        try:
-            result = run_ingest(
-                data, rec_dir, participant=participant, overwrite=overwrite, progress=on_progress,
-                on_file_bytes=on_file_bytes,
-            )
-        except NodesPending as exc:  # a dual-node half is in; the peer's is not yet: not a failure
-            pending = exc
-    if pending is not None:
-        _ingest_waiting(pending, rec_dir.name, as_json)
-        return
-    summary = ingest_summary(result, rec_dir.name)
-    if as_json:
-        emit_json(summary)
-    else:
-        from ursa_daemon.log import human_bytes
-
-        click.echo(
-            f"{rec_dir.name}: registered {summary['recording_hash']} "
-            f"({result.files_uploaded} uploaded, {result.files_skipped} skipped, "
-            f"{human_bytes(result.bytes_uploaded)} in {human_duration(time.monotonic() - began)})",
-            err=True,
+        return run_ingest(
+            data, rec_dir, participant=participant, overwrite=overwrite, progress=on_progress,
+            on_file_bytes=on_file_bytes,
         )
 
 
