@@ -20,23 +20,26 @@ only maps the seeds' names, arguments and defaults onto it:
   :func:`ursa_daemon.transfer.backfill.register_from_store` (Path B).
 * Recording rows carry the session id in ``metadata["manifest_recording_id"]``
   (filled in from ``rec_id`` for rows registered before ingest wrote it).
+
+The class stays here (the seeds name it ``ursa.data_interface.DataInterface``); the
+mapping behind its verbs lives beside it: ``_local`` (profile and ``path=``), ``_query``
+(the query spec, ``status``, ``limit``, the legacy id) and ``_ingest`` (Paths A and B).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
-
-from ursa_daemon.api import ACTIVE_POINTER_KEY, DEFAULT_CATALOG_PREFIX, QueryResult
+from ursa._ingest import checked_source_dir, ingest_session, register_stored
+from ursa._local import UnknownProfileError, core_interface, local_store_root
+from ursa._query import PROCESSED_FILTERS, QueryResultList, QuerySpec, Status, with_legacy_id
+from ursa._query import query as _query
 from ursa_daemon.api import DataInterface as _CoreInterface
-from ursa_daemon.api import QuerySpec as _CoreQuerySpec
+from ursa_daemon.api import QueryResult
 from ursa_daemon.catalog import (
     LEGACY_ID_KEY,
     BenchmarkResultRow,
@@ -54,13 +57,10 @@ from ursa_daemon.catalog import (
     StorageFormat,
     VirgoAssetRow,
 )
-from ursa_daemon.config import Config, Role, find_config, load_config
-from ursa_daemon.errors import ConfigError, NodesPending, WritesNotEnabled
-from ursa_daemon.session import MANIFEST_NAME, NODE_MANIFEST_DIR, split_worker
-from ursa_daemon.transfer.backfill import register_from_store
+from ursa_daemon.config import Config
+from ursa_daemon.session import split_worker
 from ursa_daemon.transfer.download import DownloadProgress, Layout, Source
 from ursa_daemon.transfer.ingest import IngestResult, UploadProgress
-from ursa_daemon.transfer.ingest import ingest as _ingest
 from ursa_daemon.transfer.reader import Chunk
 
 __all__ = [
@@ -70,162 +70,8 @@ __all__ = [
     "QuerySpec",
     "Status",
     "UnknownProfileError",
+    "local_store_root",
 ]
-
-Status = Literal["ingested", "raw", "all"]
-_STATUS_ROWS: dict[str, frozenset[IngestionStatus] | None] = {
-    "ingested": frozenset({IngestionStatus.PROCESSED}),
-    "raw": frozenset({IngestionStatus.RAW}),
-    "all": None,
-}
-#: Filters that need the processed store (the seeds' ``_PROCESSED_KWARGS``).
-PROCESSED_FILTERS = ("time_range", "pipeline_version", "time_filters", "metadata_filters", "derived")
-_FILTERS = ("participants", "modalities", "recording_hash", "rec_id", "metadata", *PROCESSED_FILTERS)
-
-
-class UnknownProfileError(ConfigError, ValueError):
-    """``profile`` names no entry of the config's ``profiles:``."""
-
-
-class QuerySpec(_CoreQuerySpec):
-    """The seeds' query spec: ``ursa_daemon``'s filters plus the processed-store ones."""
-
-    time_range: tuple[int, int] | None = None
-    pipeline_version: str | None = None
-    time_filters: list[Any] = Field(default_factory=list)
-    metadata_filters: list[Any] = Field(default_factory=list)
-    derived: list[Any] = Field(default_factory=list)
-
-    def processed_filters(self) -> list[str]:
-        """Names of the processed-store filters that are set."""
-        return [k for k in PROCESSED_FILTERS if getattr(self, k)]
-
-    def has_processed_kwarg(self) -> bool:
-        return bool(self.processed_filters())
-
-
-class QueryResultList(list[QueryResult]):
-    """What :meth:`DataInterface.query` returns: a list of :class:`QueryResult`."""
-
-
-def _with_legacy_id(row: RecordingRow) -> RecordingRow:
-    if LEGACY_ID_KEY in row.metadata or row.rec_id == row.recording_hash:
-        return row
-    return row.model_copy(update={"metadata": {**row.metadata, LEGACY_ID_KEY: row.rec_id}})
-
-
-def _result_with_legacy_id(qr: QueryResult) -> QueryResult:
-    if LEGACY_ID_KEY in qr.metadata or qr.rec_id == qr.recording_hash:
-        return qr
-    return qr.model_copy(update={"metadata": {**qr.metadata, LEGACY_ID_KEY: qr.rec_id}})
-
-
-def _ingest_result(res: IngestResult) -> IngestResult:
-    if res.recording is None:
-        return res
-    return dataclasses.replace(res, recording=_with_legacy_id(res.recording))
-
-
-# -- where profile="local", path=... points --------------------------------------------
-
-
-def _is_store_root(d: Path) -> bool:
-    return (d / "assets" / ACTIVE_POINTER_KEY).is_file() or ((d / "raw").is_dir() and (d / "assets").is_dir())
-
-
-def _is_lance_catalog(d: Path) -> bool:
-    if d.suffix == ".lance":
-        return True
-    try:
-        return d.is_dir() and any(c.suffix == ".lance" and c.is_dir() for c in d.iterdir())
-    except OSError:
-        return False
-
-
-def _active_catalog(root: Path) -> Path:
-    pointer = root / "assets" / ACTIVE_POINTER_KEY
-    prefix = DEFAULT_CATALOG_PREFIX
-    if pointer.is_file():
-        try:
-            found = json.loads(pointer.read_text(encoding="utf-8"))["catalog_prefix"]
-        except (OSError, ValueError, KeyError, TypeError):
-            found = None
-        if isinstance(found, str):
-            prefix = found
-    return root / "assets" / prefix
-
-
-def local_store_root(path: str | os.PathLike[str]) -> Path:
-    """The local store root that ``DataInterface(profile="local", path=path)`` opens.
-
-    ``path`` is a store root, or the active catalog directory of one
-    (``<root>/assets/ursa/catalog/<name>``), or a directory in no store and no
-    catalog (a new store is started there). Anything inside an existing store or
-    LanceDB catalog, or a directory right above a store, is a :class:`ValueError`
-    naming what to pass instead.
-    """
-    p = Path(path).expanduser().resolve()
-    if _is_store_root(p):
-        return p
-    enclosing = next((a for a in p.parents if _is_store_root(a)), None)
-    if enclosing is not None:
-        active = _active_catalog(enclosing)
-        if p == active:
-            return enclosing
-        raise ValueError(
-            f"path={str(path)!r} is inside the local store {enclosing}, whose catalog is {active}; "
-            f"pass path={str(active)!r} (or the store root {str(enclosing)!r}): a new catalog is never "
-            "created inside another one"
-        )
-    try:
-        holds = next((c for c in p.iterdir() if c.is_dir() and _is_store_root(c)), None) if p.is_dir() else None
-    except OSError:
-        holds = None
-    if holds is not None:
-        raise ValueError(
-            f"path={str(path)!r} holds the local store {holds}; pass path={str(holds)!r} (or its catalog "
-            f"{str(_active_catalog(holds))!r}) instead of starting another store beside it"
-        )
-    inside = next((a for a in (p, *p.parents) if _is_lance_catalog(a)), None)
-    if inside is not None:
-        raise ValueError(
-            f"path={str(path)!r} is (inside) the LanceDB catalog {inside}, which is not part of a local "
-            "store (<root>/assets/ursa/catalog/<name> beside <root>/raw); pass a local store's root or "
-            "its catalog directory"
-        )
-    return p
-
-
-def _core_interface(
-    profile: str, path: str | os.PathLike[str] | None, config_path: str | os.PathLike[str] | None
-) -> _CoreInterface:
-    if path is not None:
-        if profile != "local":
-            raise ValueError(
-                f"profile={profile!r} resolves its catalog from the config's profiles:; "
-                "path= is only valid with profile='local'"
-            )
-        if config_path is not None:
-            raise ValueError("give path= (a local catalog) or config_path=, not both")
-        return _CoreInterface(profile="local", path=local_store_root(path))
-    try:
-        source = find_config(config_path)
-    except ConfigError as exc:
-        if profile == "local":
-            raise ValueError(
-                "profile='local' requires path= (catalog root on local disk) when no config file is found; "
-                f"use DataInterface(profile='local', path=...) ({exc})"
-            ) from exc
-        raise
-    config = load_config(source)
-    if profile not in config.profiles:
-        raise UnknownProfileError(
-            f"profile {profile!r} is not in profiles: of {config.source} (have {sorted(config.profiles)}); "
-            "add it there or pass config_path= to another config",
-            key="profile",
-            path=str(config.source),
-        )
-    return _CoreInterface(profile=profile, config=config)
 
 
 class DataInterface:
@@ -245,7 +91,7 @@ class DataInterface:
         config_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self._profile = profile
-        self._core = _core_interface(profile, path, config_path)
+        self._core = core_interface(profile, path, config_path)
 
     def __repr__(self) -> str:
         return f"ursa.DataInterface(profile={self._profile!r}, writes_enabled={self.writes_enabled})"
@@ -302,53 +148,18 @@ class DataInterface:
         is; the other half adds its modality rows when it is ingested.
         ``max_concurrent_files`` defaults to the config's ``upload.max_concurrent_files``.
         """
-        src = Path(source_dir)
-        manifest = Path(manifest_path)
         if participant is not None and not participant.strip():
             participant = None  # a blank participant.txt read by the caller: no participant
-        if not src.is_dir():
-            raise FileNotFoundError(f"source_dir {str(src)!r} is not a directory")
-        if not manifest.is_file():
-            raise FileNotFoundError(
-                f"{manifest}: no manifest; reconstruct it first "
-                f"(`ursa-daemon reconstruct-manifest {src}`), then ingest"
-            )
-        m, s = manifest.resolve(), src.resolve()
-        if m != s / MANIFEST_NAME and m.parent != s / NODE_MANIFEST_DIR:
-            raise ValueError(
-                f"manifest_path {str(manifest)!r} must be {s / MANIFEST_NAME} (or a node manifest under "
-                f"{s / NODE_MANIFEST_DIR}): the manifest describes the session in source_dir"
-            )
-        if not self._core.writes_enabled:
-            raise WritesNotEnabled(
-                "ingest() uploads raw bytes and writes the catalog: call "
-                "enable_writes(roles=('assets_rw', 'raw_rw')) first"
-            )
-        try:
-            self._core.store(Role.RAW_RW)
-        except WritesNotEnabled:
-            raise WritesNotEnabled(
-                "ingest() uploads raw bytes: call enable_writes(roles=('assets_rw', 'raw_rw')) first"
-            ) from None
-        try:
-            res = _ingest(
-                self._core,
-                s,
-                participant=participant,
-                is_active=is_active,
-                progress=progress,
-                overwrite=overwrite,
-                max_concurrent_files=max_concurrent_files,
-            )
-        except NodesPending as exc:  # one half of a dual-node session: register what is there
-            done = register_from_store(
-                self._core, exc.rec_id, participant=participant, allow_partial=True, overwrite=overwrite
-            )
-            moved: IngestResult | None = exc.result
-            res = dataclasses.replace(
-                moved if moved is not None else done, paused=False, recording=done.recording, pending=None
-            )
-        return _ingest_result(res)
+        s = checked_source_dir(self._core, manifest_path, source_dir)
+        return ingest_session(
+            self._core,
+            s,
+            participant=participant,
+            progress=progress,
+            overwrite=overwrite,
+            is_active=is_active,
+            max_concurrent_files=max_concurrent_files,
+        )
 
     def ingest_from_r2(self, rec_id: str, *, participant: str | None = None) -> IngestResult:
         """Register a session whose bytes are already in the store (runbook Path B).
@@ -357,9 +168,7 @@ class DataInterface:
         checks every listed object's size and sha256, and registers; nothing is
         uploaded. ``participant`` defaults to the stored ``participant.txt``.
         """
-        if participant is not None and not participant.strip():
-            participant = None
-        return _ingest_result(register_from_store(self._core, rec_id, participant=participant))
+        return register_stored(self._core, rec_id, participant)
 
     # -- read verbs ----------------------------------------------------------------------
 
@@ -373,56 +182,7 @@ class DataInterface:
         :class:`QuerySpec` or the filter keywords, not both (``limit`` and
         ``status`` go with either).
         """
-        status = filters.pop("status", "ingested")
-        limit = filters.pop("limit", None)
-        if status not in _STATUS_ROWS:
-            raise ValueError(f"status must be one of {sorted(_STATUS_ROWS)}; got {status!r}")
-        unknown = sorted(k for k in filters if k not in _FILTERS)
-        if unknown:
-            raise TypeError(f"DataInterface.query() got unexpected keyword argument(s) {unknown}; filters: {_FILTERS}")
-        if spec is not None:
-            given = [k for k in _FILTERS if filters.get(k) is not None]
-            if given:
-                raise TypeError(
-                    f"DataInterface.query(spec=..., {given[0]}=...): pass either a QuerySpec or individual "
-                    f"filter kwargs, not both. Offending kwargs: {given!r}."
-                )
-        else:
-            spec = QuerySpec(**filters)
-        if limit is None:
-            limit = spec.limit
-        elif isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be a positive integer; got {limit!r}")
-        meta = dict(spec.metadata) if spec.metadata is not None else None
-        rec_id = spec.rec_id
-        if meta is not None and LEGACY_ID_KEY in meta:  # rows registered before it was written lack it
-            legacy = meta.pop(LEGACY_ID_KEY)
-            if rec_id is not None and rec_id != legacy:
-                return QueryResultList()
-            rec_id = legacy
-        wanted = _STATUS_ROWS[status]
-        found = self._core.query(
-            _CoreQuerySpec(
-                participants=spec.participants,
-                modalities=spec.modalities,
-                recording_hash=spec.recording_hash,
-                rec_id=rec_id,
-                metadata=meta or None,
-                limit=limit if wanted is None else None,
-            )
-        )
-        results = QueryResultList()
-        for qr in found:
-            mods = {k: m for k, m in qr.modalities.items() if wanted is None or m.ingestion_status in wanted}
-            if not mods:
-                continue
-            results.append(_result_with_legacy_id(qr.model_copy(update={"modalities": mods})))
-            if limit is not None and len(results) >= limit:
-                break
-        processed = spec.processed_filters()
-        if processed and results:
-            _processed_gate(processed[0], results)
-        return results
+        return _query(self._core, spec, filters)
 
     def get(self, target: QueryResult | Iterable[QueryResult], *, concat: bool = False) -> Any:
         """``target``'s modalities in memory (see :func:`ursa_daemon.transfer.reader.get`).
@@ -525,7 +285,7 @@ class DataInterface:
             metadata=meta,
             on_conflict=on_conflict,
         )
-        return _with_legacy_id(row)
+        return with_legacy_id(row)
 
     def register_modality(
         self,
@@ -589,7 +349,7 @@ class DataInterface:
         return self.catalog.list_participants(**kwargs)
 
     def list_recordings(self, **kwargs: Any) -> list[RecordingRow]:
-        return [_with_legacy_id(r) for r in self.catalog.list_recordings(**kwargs)]
+        return [with_legacy_id(r) for r in self.catalog.list_recordings(**kwargs)]
 
     def list_modalities(self, **kwargs: Any) -> list[ModalityRow]:
         return self.catalog.list_modalities(**kwargs)
@@ -617,7 +377,7 @@ class DataInterface:
 
     def get_recording(self, recording_hash: str) -> RecordingRow | None:
         row = self.catalog.get_recording(recording_hash)
-        return None if row is None else _with_legacy_id(row)
+        return None if row is None else with_legacy_id(row)
 
     def get_modality(self, recording_hash: str, modality: str) -> ModalityRow | None:
         """The modality row named like a ``QueryResult.modalities`` key: the family
@@ -656,19 +416,3 @@ class DataInterface:
 
     def get_benchmark_result(self, result_id: str) -> BenchmarkResultRow | None:
         return self.catalog.get_benchmark_result(result_id)
-
-
-def _processed_gate(kwarg: str, results: list[QueryResult]) -> None:
-    """The seeds' error for a processed-store filter: it needs processed rows, and even
-    over those this catalog has no engine for it yet."""
-    for qr in results:
-        for m in qr.modalities.values():
-            if m.ingestion_status == IngestionStatus.RAW:
-                raise NotImplementedError(
-                    f"DataInterface.query({kwarg}=...) requires processed modalities; modality "
-                    f"{m.worker_subdir!r} on recording {qr.recording_hash!r} has ingestion_status='raw'."
-                )
-    raise NotImplementedError(
-        f"DataInterface.query({kwarg}=...) filters inside processed assets, which this catalog "
-        "cannot do yet; query without it and filter the data from get()"
-    )
