@@ -14,9 +14,11 @@ deleted and ``sync``-ed between runs, outside the timing. Trials alternate
 which side goes first.
 
 * ``ours``: ``ingest(DataInterface(profile="local", path=tmpdir), rec)``:
-  hashing (parallel sha256), the copy into the local store (4 MiB
-  ``pread``/``pwrite`` slices into a partial file a pause keeps, each slice
-  hashed again), the manifest and the LanceDB catalog commits.
+  hashing (parallel sha256, with the part CRC32Cs and mtime in the same
+  read), the copy into the local store (``copy_file_range`` in 4 MiB slices
+  into a partial file a pause keeps, not hashed again: the file is held to the
+  size, mtime and inode hashing saw), the manifest and the LanceDB catalog
+  commits.
   Opening the DataInterface (``enable_writes``) is outside the timing.
 * ``peer``: ``cp -r SESSION DEST`` then ``sha256sum`` of every copied file,
   two at a time (``find DEST -type f -print0 | xargs -0 -P 2 -n 1 sha256sum``).

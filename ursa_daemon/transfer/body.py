@@ -2,7 +2,7 @@
 
 A body asks for a stop before every slice and raises :class:`UploadInterrupted`,
 which makes the HTTP layer drop the request and its connection. A body that
-hashes what it sends raises :func:`file_changed` before handing over the last
+hashes what it sends raises :func:`~ursa_daemon.transfer.source.file_changed` before handing over the last
 slice when the bytes are not the ones hashed, so the object is never completed.
 """
 
@@ -19,9 +19,10 @@ from ursa_daemon.errors import InputError
 from ursa_daemon.session import FileEntry
 from ursa_daemon.store.base import DEFAULT_CHUNK_SIZE
 from ursa_daemon.transfer.limits import DEFAULT_SLICE_SIZE, RateLimiter
+from ursa_daemon.transfer.source import file_changed
 from ursa_daemon.transfer.wire import _Wire, sending_socket
 
-__all__ = ["CancellableFile", "FileRegion", "UploadInterrupted", "file_changed"]
+__all__ = ["CancellableFile", "FileRegion", "UploadInterrupted"]
 
 
 class UploadInterrupted(Exception):
@@ -29,15 +30,6 @@ class UploadInterrupted(Exception):
 
     Control flow, not a failure: never logged as an error.
     """
-
-
-def file_changed(rec_id: str, entry: FileEntry, what: str) -> InputError:
-    return InputError(
-        f"{rec_id}: {entry.rel_path} {what} during upload; the session is still "
-        "being written or was modified: let it settle (or restore the file) and retry",
-        rec_id=rec_id,
-        file=entry.rel_path,
-    )
 
 
 def _crc32c_extend(crc: int, data: bytes) -> int:

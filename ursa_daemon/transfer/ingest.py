@@ -33,7 +33,6 @@ from ursa_daemon.session import (
     rel_key,
 )
 from ursa_daemon.store import LocalStore, Store
-from ursa_daemon.store.base import MultipartStore
 from ursa_daemon.transfer.abort import abort_orphan_uploads, abort_uploads
 from ursa_daemon.transfer.backfill import register_from_store
 from ursa_daemon.transfer.limits import RateLimiter, UploadLimits
@@ -76,10 +75,10 @@ class UploadProgress:
 
 
 def hash_part_size(data: Context) -> int | None:
-    """The part size to take part checksums at when hashing (S3 stores), else None."""
-    if isinstance(data.store("raw_rw"), MultipartStore):
-        return data.upload.part_size_bytes
-    return None
+    """The part size to take part checksums at when hashing: an S3 store sends them with the parts;
+    the local profile checks a kept partial copy against them. Either way the same read records the
+    file's mtime, which the upload holds the file to instead of hashing it again."""
+    return data.upload.part_size_bytes
 
 
 def ingest(

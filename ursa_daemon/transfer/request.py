@@ -20,8 +20,9 @@ from ursa_daemon.errors import ChecksumMismatch, InputError, TransientStoreError
 from ursa_daemon.log import get_logger
 from ursa_daemon.session import FileEntry
 from ursa_daemon.store.base import MultipartStore
-from ursa_daemon.transfer.body import FileRegion, UploadInterrupted, file_changed
+from ursa_daemon.transfer.body import FileRegion, UploadInterrupted
 from ursa_daemon.transfer.limits import RateLimiter, UploadLimits
+from ursa_daemon.transfer.source import Seen, check_settled, file_changed, open_hashed
 from ursa_daemon.transfer.wire import _Wire
 
 __all__ = ["FileJob", "put_stream"]
@@ -51,7 +52,7 @@ class FileJob:
     on_bytes: Callable[[int], None] | None
     wire: _Wire | None = None
     #: (inode, device, size, mtime) when the file was opened for upload
-    seen: tuple[int, int, int, int] | None = None
+    seen: Seen | None = None
 
     def changed(self, what: str) -> InputError:
         return file_changed(self.rec_id, self.entry, what)
@@ -63,35 +64,12 @@ class FileJob:
 
     def open(self) -> int:
         """Open the file; it must be the size (and, if hashing saw it, have the mtime) it was hashed at."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise self.changed("vanished before it was uploaded") from None
-        st = os.fstat(fd)
-        if st.st_size != self.entry.size:
-            os.close(fd)
-            raise self.changed(f"is now {st.st_size} bytes (hashed at {self.entry.size})")
-        if self.entry.mtime_ns is not None and st.st_mtime_ns != self.entry.mtime_ns:
-            os.close(fd)
-            raise self.changed("changed since it was hashed (written to)")
-        self.seen = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
+        fd, self.seen = open_hashed(self.path, self.entry, self.rec_id)
         return fd
 
     def check_settled(self, fd: int) -> None:
-        """After the last byte was read: still the same file, size and mtime as at :meth:`open`.
-
-        Catches a file that grows or is rewritten while it is uploaded (its bytes
-        beyond the hashed size would otherwise never be looked at) and a file
-        replaced by a rename."""
-        st = os.fstat(fd)
-        try:
-            now = os.stat(self.path)
-        except FileNotFoundError:
-            raise self.changed("vanished while it was uploaded") from None
-        current = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
-        if current != self.seen or (now.st_ino, now.st_dev) != current[:2]:
-            what = f"grew to {st.st_size} bytes" if st.st_size != self.entry.size else "changed (written to)"
-            raise self.changed(what)
+        """After the last byte was read: still the same file, size and mtime as at :meth:`open`."""
+        check_settled(fd, self.path, self.seen, self.entry, self.rec_id)
 
     def send(
         self,
