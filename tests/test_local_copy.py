@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from ursa_daemon.errors import InputError
-from ursa_daemon.manifest import FileEntry, hash_files
+from ursa_daemon.session import FileEntry, hash_files
 from ursa_daemon.store.local import LocalStore
 from ursa_daemon.transfer import copy_range
 from ursa_daemon.transfer.copy_range import RangeCopier

@@ -3,7 +3,7 @@
 Integrity without a second sha256 pass. The file's sha256 is taken once, when
 the session is hashed, in the same read as the CRC32C of every ``part_size``
 slice and with the mtime the file had when that read began
-(:func:`~ursa_daemon.manifest.hash_files`). The copy does not hash the bytes again:
+(:func:`~ursa_daemon.session.hashing.hash_files`). The copy does not hash the bytes again:
 
 * The source is held to what hashing saw (:mod:`ursa_daemon.transfer.source`):
   opened at the hashed size and mtime and, after the last byte is copied, still

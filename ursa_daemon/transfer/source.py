@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from ursa_daemon.errors import InputError
-from ursa_daemon.manifest import FileEntry
+from ursa_daemon.session import FileEntry
 
 __all__ = ["Seen", "check_settled", "file_changed", "open_hashed"]
 
