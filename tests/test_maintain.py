@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,42 @@ def test_keep_versions_under_an_hour_is_refused(drained: Path) -> None:
     proc = _cli(drained, "maintain", "--keep-versions-hours", "0.5")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "keep-versions-hours" in err
+
+
+@pytest.mark.parametrize("contract_config", ["local", "seaweed"], indirect=True)
+@pytest.mark.parametrize("racers", [2, 6])
+def test_runs_that_find_the_same_expired_lease_never_both_take_it(contract_config: Any, racers: int) -> None:
+    # Real threads through the real store (atomic creates on SeaweedFS and on local disk): every
+    # racer reads the same expired lease; exactly one may hold the lease afterwards, every other
+    # one is told it is held. Several rounds, each with a fresh expired lease.
+    import threading
+
+    from ursa_daemon.daemon.maintain import LeaseHeld, _take_lease
+    from ursa_daemon.store import get_store
+
+    store = get_store(contract_config.active_profile, "assets_rw")
+    for rnd in range(4):
+        store.put(LEASE_KEY, json.dumps({"holder": f"dead:{rnd}:{time.time_ns()}", "expires_at": 1.0}).encode())
+        gate = threading.Barrier(racers)
+        won: list[str] = []
+        lost: list[str] = []
+
+        def race(i: int, rnd: int = rnd, gate: threading.Barrier = gate, won: list = won, lost: list = lost) -> None:
+            holder = f"racer-{rnd}-{i}"
+            gate.wait()
+            try:
+                _take_lease(store, holder, timedelta(minutes=5))
+            except LeaseHeld as exc:
+                lost.append(str(exc))
+            else:
+                won.append(holder)
+
+        threads = [threading.Thread(target=race, args=(i,)) for i in range(racers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert len(won) == 1, (won, lost)
+        assert len(lost) == racers - 1
+        assert json.loads(store.get(LEASE_KEY))["holder"] == won[0]  # the one winner's lease stands
+        store.delete(LEASE_KEY)

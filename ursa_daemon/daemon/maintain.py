@@ -7,9 +7,12 @@ holds the lease ``ursa/maintenance.lease`` in the assets bucket: taken by an ato
 create (``If-None-Match: *`` on S3/R2, an exclusive create on a local store), so two
 ``maintain`` runs (a second machine's timer, an operator by hand) never work at once;
 the loser exits 3 naming the holder. A lease outlives a holder that died by its
-``expires_at`` (the job's time budget); then the next run deletes it and takes it
-again (two runs that both find the same expired lease within the same moment could
-both go on: the only window, and it needs a crashed holder first).
+``expires_at`` (the job's time budget); then the next run takes it over, and only one
+may: it first creates, also atomically, a takeover marker named after that expired
+lease's bytes (``ursa/maintenance.takeover/<sha256>``), and only the run that created
+it deletes the expired lease and takes its own. Two runs that find the same expired
+lease at once race for the marker; the loser exits 3. Markers stay (one per crashed
+holder, a few bytes): a late run that read the old lease must still find it taken.
 
 Old versions: Lance keeps every table version (a manifest plus the files only it
 references) so readers can still read the version they started on. A version is
@@ -22,6 +25,7 @@ reader can still need a version superseded that long ago.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -41,6 +45,7 @@ __all__ = [
     "DEFAULT_KEEP_VERSIONS",
     "DEFAULT_LEASE",
     "LEASE_KEY",
+    "TAKEOVER_PREFIX",
     "MIN_KEEP_VERSIONS",
     "LeaseHeld",
     "MaintainReport",
@@ -50,6 +55,8 @@ __all__ = [
 log = get_logger("ursa.maintain")
 
 LEASE_KEY = "ursa/maintenance.lease"
+#: one marker per expired lease taken over: ``<TAKEOVER_PREFIX><sha256 of its bytes>``
+TAKEOVER_PREFIX = "ursa/maintenance.takeover/"
 #: how long a lease holds without its holder (a maintenance run takes seconds to minutes)
 DEFAULT_LEASE = timedelta(hours=1)
 DEFAULT_KEEP_VERSIONS = timedelta(hours=24)
@@ -116,14 +123,17 @@ def _lease_body(holder: str, lease: timedelta) -> bytes:
     return json.dumps({"holder": holder, "expires_at": time.time() + lease.total_seconds()}).encode()
 
 
-def _read_lease(store: Store) -> dict[str, Any] | None:
+def _read_lease(store: Store) -> tuple[bytes, dict[str, Any]] | None:
+    """The lease's bytes and document; ``None`` when there is none. Unreadable reads as expired."""
     try:
-        doc = json.loads(store.get(LEASE_KEY))
+        raw = store.get(LEASE_KEY)
     except ObjectNotFound:
         return None
+    try:
+        doc = json.loads(raw)
     except ValueError:  # unreadable: treat as expired, it will be replaced
-        return {"holder": "?", "expires_at": 0.0}
-    return doc if isinstance(doc, dict) else {"holder": "?", "expires_at": 0.0}
+        doc = None
+    return raw, doc if isinstance(doc, dict) else {"holder": "?", "expires_at": 0.0}
 
 
 def _take_lease(store: Store, holder: str, lease: timedelta) -> None:
@@ -133,9 +143,10 @@ def _take_lease(store: Store, holder: str, lease: timedelta) -> None:
             log.info("catalog.lease_taken", holder=holder)
             return
         except ObjectExists:
-            current = _read_lease(store)
-            if current is None:
+            found = _read_lease(store)
+            if found is None:
                 continue  # given back meanwhile: try again
+            raw, current = found
             expires = current.get("expires_at")
             if isinstance(expires, int | float) and expires > time.time():
                 raise LeaseHeld(
@@ -143,14 +154,28 @@ def _take_lease(store: Store, holder: str, lease: timedelta) -> None:
                     f"{store.uri(LEASE_KEY)} until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(expires))}); "
                     "nothing done"
                 ) from None
-            log.warning("catalog.lease_expired", holder=str(current.get("holder")))
+            _claim_expired(store, raw, holder, str(current.get("holder")))
             with contextlib.suppress(ObjectNotFound):
                 store.delete(LEASE_KEY)
     raise LeaseHeld(f"catalog maintenance lease {store.uri(LEASE_KEY)} was taken by another run; nothing done")
 
 
+def _claim_expired(store: Store, raw: bytes, holder: str, expired_holder: str) -> None:
+    """Win the right to replace this expired lease (its bytes name it), or raise :class:`LeaseHeld`."""
+    marker = TAKEOVER_PREFIX + hashlib.sha256(raw).hexdigest()
+    body = json.dumps({"holder": holder, "took_over": expired_holder, "at": time.time()}).encode()
+    try:
+        store.put(marker, body, content_type="application/json", create_only=True)
+    except ObjectExists:
+        raise LeaseHeld(
+            f"catalog maintenance lease {store.uri(LEASE_KEY)} of {expired_holder} expired and another run "
+            "is taking it over; nothing done"
+        ) from None
+    log.warning("catalog.lease_expired", holder=expired_holder)
+
+
 def _give_back(store: Store, holder: str) -> None:
-    current = _read_lease(store)
-    if current is not None and current.get("holder") == holder:
+    found = _read_lease(store)
+    if found is not None and found[1].get("holder") == holder:
         with contextlib.suppress(ObjectNotFound):
             store.delete(LEASE_KEY)
