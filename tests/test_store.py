@@ -289,6 +289,39 @@ def test_sha256_metadata_round_trip_boto3(
     assert store.head("x/z").size == 1
 
 
+class _CountingBody(io.BytesIO):
+    """A request body that records how many bytes the HTTP layer asks for per read."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.asked: list[int] = []
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.asked.append(-1 if size is None else size)
+        return super().read(size)
+
+
+def test_request_bodies_are_read_in_large_blocks(moto_server, s3_buckets, s3_env) -> None:  # type: ignore[no-untyped-def]
+    # http.client reads a request body in its connection's blocksize; each read is a limiter
+    # grant, a checksum update and a sendall: the data client asks for SEND_BLOCK at a time.
+    from ursa_daemon.store.multipart import SEND_BLOCK
+
+    raw, _ = s3_buckets
+    store = S3Store(
+        bucket=raw,
+        bucket_kind="raw",
+        endpoint=moto_server.endpoint,
+        region=S3_REGION,
+        allow_http=True,
+        credentials=Credentials("raw_rw", MOTO_KEY_ID, MOTO_SECRET),
+    )
+    data = os.urandom(3 * SEND_BLOCK + 17)
+    body = _CountingBody(data)
+    store.put_stream("x/blocks.bin", body, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    assert moto_server.client().get_object(Bucket=raw, Key="x/blocks.bin")["Body"].read() == data
+    assert max(body.asked) == SEND_BLOCK and SEND_BLOCK > 128 << 10  # more than botocore's own default
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

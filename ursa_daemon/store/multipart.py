@@ -116,7 +116,27 @@ def _make_clients(
     control = session.client("s3", endpoint_url=endpoint, config=config(DEFAULT_CONTROL_ATTEMPTS))
     data = session.client("s3", endpoint_url=endpoint, config=config(1))
     _reset_on_close(data)
+    _send_blocks(data)
     return control, data
+
+
+#: bytes http.client asks a request body for per read: botocore's 128 KiB cost ~5 % more client
+#: CPU per GiB (twice the reads, limiter grants, checksum updates and sendall calls), 1 MiB ~4 %
+#: more (a fresh 1 MiB buffer per read); matches the transfer layer's uncapped slice
+SEND_BLOCK = 256 << 10
+
+
+def _send_blocks(client: Any) -> None:
+    """Make ``client``'s connections read request bodies in :data:`SEND_BLOCK` blocks.
+
+    urllib3 passes its pool manager's ``connection_pool_kw`` to every connection it
+    makes (``blocksize`` is a keyword of its ``HTTPConnection``); botocore has no public
+    knob for it. If that ever changes, bodies are read in botocore's blocks, as before.
+    """
+    manager = getattr(getattr(getattr(client, "_endpoint", None), "http_session", None), "_manager", None)
+    pool_kw = getattr(manager, "connection_pool_kw", None)
+    if isinstance(pool_kw, dict):
+        pool_kw["blocksize"] = SEND_BLOCK
 
 
 def _reset_on_close(client: Any) -> None:
