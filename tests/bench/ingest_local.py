@@ -22,10 +22,10 @@ which side goes first.
   Opening the DataInterface (``enable_writes``) is outside the timing.
 * ``peer``: ``cp -r SESSION DEST`` then ``sha256sum`` of every copied file,
   two at a time (``find DEST -type f -print0 | xargs -0 -P 2 -n 1 sha256sum``).
-  The target (ours / peer <= 1.0) is set against this one. coreutils 9.1's
-  sha256sum is a portable C implementation (~250 MB/s per core here), so an
-  informative third row runs the same pipeline with ``openssl dgst -sha256``
-  (SHA-NI, ~1.2 GB/s per core) to show what the fastest plain tools do.
+  coreutils 9.1's sha256sum is a portable C implementation (~250 MB/s per core
+  here): ours / peer <= 1.0 is the first, easy target.
+* ``peer_openssl``: the same pipeline with ``openssl dgst -sha256`` (SHA-NI,
+  ~1.2 GB/s per core): the floor of issue 14, ours / floor <= 1.2.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def main() -> int:
     labels = {
         "ours": "ours: ingest() to local profile",
         "peer": "peer: cp -r + sha256sum -P2",
-        "peer_openssl": "(info) cp -r + openssl dgst -sha256 -P2",
+        "peer_openssl": "floor: cp -r + openssl dgst -sha256 -P2",
     }
     print_table(
         ["side", "s median", "runs (s)", "MB/s", "ours / side"],
@@ -152,6 +152,9 @@ def main() -> int:
         f"(library hashing alone: {hash_s:.2f} s)",
     )
     print(f"ours / peer: {ratio:.2f}  (target <= 1.0: {'met' if ratio <= 1.0 else 'MISSED'})")
+    if "peer_openssl" in times:
+        floor = figures["ratio_ours_over_peer_openssl"]
+        print(f"ours / floor (cp -r + openssl): {floor:.2f}  (target <= 1.2: {'met' if floor <= 1.2 else 'MISSED'})")
     emit_json(figures)
     return 0
 

@@ -164,7 +164,10 @@ class _LocalCopy:
             log.info("upload.local_resumed", rec_id=self.rec_id, key=self.key, bytes_done=pos, bytes_total=size)
             if self.on_bytes is not None:
                 self.on_bytes(pos)
-        os.ftruncate(dst, pos)
+        if os.fstat(dst).st_size != pos:
+            # only when there is something to cut: on ext4 a truncate makes the close flush the
+            # file's data (auto_da_alloc), which doubled a fresh copy's kernel time
+            os.ftruncate(dst, pos)
         copier = RangeCopier(self.src, dst)
         while pos < size:
             got = copier.copy(pos, self._next_slice(pos))
@@ -255,7 +258,7 @@ def _open_partial(part: Path, *, fresh: bool, private: bool = False) -> tuple[in
         if not same:  # moved into place by its previous holder while we waited: open the path again
             os.close(fd)
             continue
-        if fresh:
+        if fresh and os.fstat(fd).st_size:  # never a no-op truncate: see _LocalCopy.run
             os.ftruncate(fd, 0)
         return fd, part
     mine = part.with_name(f"{part.name}.{os.getpid()}-{threading.get_ident()}")
