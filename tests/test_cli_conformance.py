@@ -19,8 +19,8 @@ from test_dual_node import HALF_A, write_half
 from ursa_daemon.api import DataInterface
 from ursa_daemon.cli.demo import make_sample_session
 from ursa_daemon.config import load_config
-from ursa_daemon.errors import ConfigError
 from ursa_daemon.daemon.lock import StateLock
+from ursa_daemon.errors import ConfigError
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -24,8 +24,8 @@ from invariants import check_invariants
 
 from ursa_daemon.api import DataInterface
 from ursa_daemon.config import load_config
-from ursa_daemon.errors import StateError
 from ursa_daemon.daemon.state import StateDB
+from ursa_daemon.errors import StateError
 
 
 @pytest.fixture

@@ -25,11 +25,11 @@ from conftest import s3_config_dict
 from faultproxy import FaultProxy
 from structlog.testing import capture_logs
 
-from ursa_daemon.daemon.activity import Activity
 from ursa_daemon.config import Config, config_from_dict
 from ursa_daemon.daemon import Daemon
-from ursa_daemon.log import human_bytes
+from ursa_daemon.daemon.activity import Activity
 from ursa_daemon.daemon.state import MultipartRecord, SessionState
+from ursa_daemon.log import human_bytes
 
 PART = 5 << 20
 NPARTS = 5

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from botocore.exceptions import ClientError
 from conftest import MOTO_KEY_ID, MOTO_SECRET, s3_config_dict, seaweed_config_dict
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from ursa_daemon.config import config_from_dict

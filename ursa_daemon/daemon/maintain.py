@@ -38,8 +38,8 @@ from ursa_daemon.errors import ObjectExists, ObjectNotFound, UrsaError
 from ursa_daemon.log import get_logger
 
 if TYPE_CHECKING:
-    from ursa_daemon.transfer.context import Context
     from ursa_daemon.store import Store
+    from ursa_daemon.transfer.context import Context
 
 __all__ = [
     "DEFAULT_KEEP_VERSIONS",
