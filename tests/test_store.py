@@ -264,11 +264,9 @@ def test_bad_keys_rejected(store: Store, key: str) -> None:
 # --- S3 specifics -------------------------------------------------------------------
 
 
-def test_sha256_metadata_round_trip_boto3(
-    moto_server, s3_buckets, s3_env, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
-    raw, _ = s3_buckets
-    store = S3Store(
+def _moto_raw(moto_server, raw: str) -> S3Store:  # type: ignore[no-untyped-def]
+    """An S3Store on ``raw`` at the moto server, with the raw_rw test credentials."""
+    return S3Store(
         bucket=raw,
         bucket_kind="raw",
         endpoint=moto_server.endpoint,
@@ -276,6 +274,13 @@ def test_sha256_metadata_round_trip_boto3(
         allow_http=True,
         credentials=Credentials("raw_rw", MOTO_KEY_ID, MOTO_SECRET),
     )
+
+
+def test_sha256_metadata_round_trip_boto3(
+    moto_server, s3_buckets, s3_env, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    raw, _ = s3_buckets
+    store = _moto_raw(moto_server, raw)
     digest = hashlib.sha256(b"payload").hexdigest()
     store.put("x/y.bin", b"payload", sha256=digest)
     head = moto_server.client().head_object(Bucket=raw, Key="x/y.bin")
@@ -307,14 +312,7 @@ def test_request_bodies_are_read_in_large_blocks(moto_server, s3_buckets, s3_env
     from ursa_daemon.store.multipart import SEND_BLOCK
 
     raw, _ = s3_buckets
-    store = S3Store(
-        bucket=raw,
-        bucket_kind="raw",
-        endpoint=moto_server.endpoint,
-        region=S3_REGION,
-        allow_http=True,
-        credentials=Credentials("raw_rw", MOTO_KEY_ID, MOTO_SECRET),
-    )
+    store = _moto_raw(moto_server, raw)
     data = os.urandom(3 * SEND_BLOCK + 17)
     body = _CountingBody(data)
     store.put_stream("x/blocks.bin", body, size=len(data), sha256=hashlib.sha256(data).hexdigest())
