@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,52 @@ def test_the_copy_falls_back_where_the_file_system_refuses(
         os.close(dst)
     assert copier.how == ("copy_file_range", "sendfile", "pread")[len(refused)]
     assert (tmp_path / "dst").read_bytes() == body
+
+
+def test_sweep_drops_the_partials_no_ingest_will_continue(tmp_path: Path) -> None:
+    # The daemon's sweep on the local profile: partial copies of a registered or rejected
+    # session, or untouched for the stale age (a session that vanished), go; a paused
+    # session's fresh partial stays, and so does one a copy holds locked, however old.
+    import fcntl
+
+    from conftest import local_config_dict
+
+    from ursa_daemon.config import config_from_dict
+    from ursa_daemon.daemon import Daemon
+    from ursa_daemon.daemon.activity import Activity
+    from ursa_daemon.daemon.state import SessionState
+    from ursa_daemon.daemon.watch import STALE_UPLOAD_S, Runner
+    from ursa_daemon.transfer.local_copy import PARTIAL_DIR
+
+    config = config_from_dict(local_config_dict(tmp_path), base_dir=tmp_path)
+    old = time.time() - STALE_UPLOAD_S - 60
+    cases = {
+        "rec_20260101_000000_aaaa": (SessionState.REGISTERED, False, False, True),
+        "rec_20260101_000000_bbbb": (SessionState.REJECTED, False, False, True),
+        "rec_20260101_000000_cccc": (None, True, False, True),  # vanished, untouched for days
+        "rec_20260101_000000_dddd": (None, False, False, False),  # another process's, fresh
+        "rec_20260101_000000_eeee": (SessionState.PAUSED, False, False, False),
+        "rec_20260101_000000_ffff": (None, True, True, False),  # old, but a copy holds it
+    }
+    with Daemon(config, activity=Activity(quiet_seconds=0)) as daemon:
+        raw = Path(daemon.data.store("raw_rw").directory)
+        held = []
+        for rec_id, (state, stale, locked, _) in cases.items():
+            if state is not None:
+                daemon.state.upsert_session(rec_id, str(tmp_path), state)
+            part = raw / PARTIAL_DIR / rec_id / f"{'0' * 24}-{'1' * 64}"
+            part.parent.mkdir(parents=True)
+            part.write_bytes(b"x" * 1000)
+            if stale:
+                os.utime(part, (old, old))
+            if locked:
+                fd = os.open(part, os.O_RDWR)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                held.append(fd)
+        with capture_logs() as logs:
+            Runner(daemon).sweep_uploads()
+        for fd in held:
+            os.close(fd)
+        left = {p.name for p in (raw / PARTIAL_DIR).iterdir()}
+        assert left == {rec_id for rec_id, case in cases.items() if not case[3]}
+        assert [e["sessions"] for e in logs if e["event"] == "upload.partials_swept"] == [3]

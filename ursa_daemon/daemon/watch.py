@@ -45,6 +45,7 @@ from ursa_daemon.errors import UrsaError
 from ursa_daemon.log import get_logger
 from ursa_daemon.session import has_manifest, scan_root, session_of, tree_signature
 from ursa_daemon.transfer.abort import abort_uploads
+from ursa_daemon.transfer.local_copy import sweep_partials
 
 if TYPE_CHECKING:
     from ursa_daemon.daemon.worker import Worker
@@ -196,8 +197,11 @@ class Runner:
         sd_notify(f"WATCHDOG=1\nSTATUS={'recording, paused; ' if active else ''}{status}")
 
     def sweep_uploads(self, stale_after_s: float = STALE_UPLOAD_S) -> int:
-        """Abort the multipart uploads that will not be continued; how many were."""
+        """Abort the multipart uploads that will not be continued (how many were), and drop the
+        local profile's partial copies that will not be continued either."""
         state = self.daemon.state
+        if self.config.active_profile.kind == "local":
+            self._sweep_partials(stale_after_s)
         stale = state.stale_multipart_uploads(older_than=time.time() - stale_after_s)
         if not stale:
             return 0
@@ -209,6 +213,21 @@ class Runner:
         n = abort_uploads(store, state, stale)
         log.info("upload.swept", aborted=n, stale=len(stale))
         return n
+
+    def _sweep_partials(self, stale_after_s: float) -> None:
+        state = self.daemon.state
+        finished = {r.rec_id for st in (SessionState.REGISTERED, SessionState.REJECTED) for r in state.sessions(st)}
+        try:
+            swept = sweep_partials(
+                self.daemon.data.store("raw_rw"),
+                untouched_since=time.time() - stale_after_s,
+                finished=finished.__contains__,
+            )
+        except (UrsaError, OSError) as exc:  # a sweep that fails stops nothing: next time
+            log.warning("upload.sweep_failed", error=str(exc))
+            return
+        if swept:
+            log.info("upload.partials_swept", sessions=len(swept))
 
     def _queued_dirs(self) -> list[Path]:
         """Session directories waiting for the worker (for the metrics' oldest pending age)."""

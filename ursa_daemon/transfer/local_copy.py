@@ -43,6 +43,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ from ursa_daemon.transfer.copy_range import RangeCopier
 from ursa_daemon.transfer.limits import RateLimiter, UploadLimits
 from ursa_daemon.transfer.source import Seen, check_settled, file_changed, open_hashed
 
-__all__ = ["PARTIAL_DIR", "copy_local", "discard_partials", "kept_partials"]
+__all__ = ["PARTIAL_DIR", "copy_local", "discard_partials", "kept_partials", "sweep_partials"]
 
 log = get_logger("ursa.upload")
 
@@ -90,11 +91,46 @@ def kept_partials(store: Store, rec_id: str, files: list[FileEntry]) -> dict[str
     return out
 
 
+def sweep_partials(store: Store, *, untouched_since: float, finished: Callable[[str], bool]) -> list[str]:
+    """Drop the partial copies no ingest will continue; the rec_ids swept (the local profile).
+
+    A session's partials go when none of them was written since ``untouched_since`` (epoch
+    seconds: its session vanished, or nobody resumes it) or when ``finished(rec_id)`` (registered
+    or rejected: a copy left over). Never while some process holds one of them (a copy in
+    progress holds its partial's ``flock``)."""
+    if not isinstance(store, LocalStore):
+        return []
+    swept = []
+    with contextlib.suppress(FileNotFoundError):
+        for session in sorted(Path(store.directory, PARTIAL_DIR).iterdir()):
+            if session.is_dir() and _sweepable(session, untouched_since, finished):
+                shutil.rmtree(session, ignore_errors=True)
+                swept.append(session.name)
+    return swept
+
+
+def _sweepable(session: Path, untouched_since: float, finished: Callable[[str], bool]) -> bool:
+    files = [f for f in session.iterdir() if f.is_file()]
+    newest = max((f.stat().st_mtime for f in files), default=session.stat().st_mtime)
+    if newest >= untouched_since and not finished(session.name):
+        return False
+    for f in files:  # in use: a copy holds its partial locked
+        try:
+            fd = os.open(f, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+    return True
+
+
 def discard_partials(store: Store, rec_id: str) -> None:
     """Drop the partial copies of ``rec_id`` (every file is in, or the session was rejected)."""
     if isinstance(store, LocalStore):
-        import shutil
-
         shutil.rmtree(Path(store.directory, PARTIAL_DIR, rec_id), ignore_errors=True)
 
 
