@@ -229,7 +229,10 @@ class CatalogCore:
         cols = list(columns) if columns is not None else spec.columns
         if table is None:
             return spec.schema.empty_table().select(cols)  # a missing table reads as empty
-        query = table.query().select(cols)
+        # Filtered reads of whole rows (lookups by key) take the cheap form of the key column;
+        # narrow and ordered scans read the columns as stored.
+        read = spec.read_columns(cols) if columns is None and where and not order_by else cols
+        query = table.query().select(read)
         if where:
             query = query.where(where)
         if order_by:
@@ -241,7 +244,8 @@ class CatalogCore:
         # Lance's default batches are ~1k rows, and each one costs a hop through the
         # event loop: a 100k-row scan took 29 ms that way and 2 ms in one batch.
         reader = await query.to_batches(max_batch_length=_MAX_BATCH_ROWS)
-        return pa.Table.from_batches(await reader.read_all(), schema=reader.schema)
+        found = pa.Table.from_batches(await reader.read_all(), schema=reader.schema)
+        return found if read == cols else spec.derive_columns(found, cols)
 
     def _scan(
         self,
