@@ -108,19 +108,26 @@ def one_size(weed: Any, n_rows: int, args: argparse.Namespace, work: Path) -> li
         idx = range(lo, min(lo + args.batch, n_rows))
         catalog.add_rows([m for i in idx for m in gen.modalities(i)])
         catalog.add_rows([gen.recording(i) for i in idx])
+        print(f"  built {idx.stop:,} recordings, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     build_s = time.perf_counter() - t0
     catalog.optimize(keep_versions=timedelta(hours=24))  # a built catalog starts indexed
     phase("bulk built + maintained", build_s=round(build_s, 1), tail_commits=0)
 
     done = 0
-    checkpoints = sorted({args.tail // 4, args.tail // 2, args.tail} - {0})
+    # early checkpoints too: a long tail cut short still says how latency grows with commits
+    checkpoints = sorted({c for c in (100, 1000, args.tail // 4, args.tail // 2, args.tail) if 0 < c <= args.tail})
     committing = 0.0
     for cp in checkpoints:
         t0 = time.perf_counter()
         while done < cp:
             i = n_rows + done
+            t1 = time.perf_counter()
             catalog.register_session(participants=[], recording=gen.recording(i), modalities=gen.modalities(i))
             done += 1
+            if done % 100 == 0:  # the commit rate as it goes (stderr; the table is unchanged)
+                elapsed = committing + time.perf_counter() - t0
+                print(f"  tail: {done} commits, last {1000 * (time.perf_counter() - t1):.0f} ms, "
+                      f"mean {1000 * elapsed / done:.0f} ms", file=sys.stderr, flush=True)
         committing += time.perf_counter() - t0
         per_commit_ms = round(committing / done * 1000, 1)
         phase(f"after {done} single-session commits", tail_commits=done, tail_commit_ms=per_commit_ms)
