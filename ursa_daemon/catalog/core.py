@@ -229,10 +229,7 @@ class CatalogCore:
         cols = list(columns) if columns is not None else spec.columns
         if table is None:
             return spec.schema.empty_table().select(cols)  # a missing table reads as empty
-        # Filtered reads of whole rows (lookups by key) take the cheap form of the key column;
-        # narrow and ordered scans read the columns as stored.
-        read = spec.read_columns(cols) if columns is None and where and not order_by else cols
-        query = table.query().select(read)
+        query = table.query().select(cols)
         if where:
             query = query.where(where)
         if order_by:
@@ -244,8 +241,7 @@ class CatalogCore:
         # Lance's default batches are ~1k rows, and each one costs a hop through the
         # event loop: a 100k-row scan took 29 ms that way and 2 ms in one batch.
         reader = await query.to_batches(max_batch_length=_MAX_BATCH_ROWS)
-        found = pa.Table.from_batches(await reader.read_all(), schema=reader.schema)
-        return found if read == cols else spec.derive_columns(found, cols)
+        return pa.Table.from_batches(await reader.read_all(), schema=reader.schema)
 
     def _scan(
         self,

@@ -15,7 +15,6 @@ from enum import StrEnum
 from typing import Any, Literal
 
 import pyarrow as pa  # type: ignore[import-untyped]
-import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from ursa_daemon.catalog.rows import (
     BenchmarkResultRow,
@@ -74,26 +73,6 @@ class TableSpec:
     @property
     def json_columns(self) -> frozenset[str]:
         return frozenset(n for n in self.columns if n in JSON_COLUMNS)
-
-    def read_columns(self, columns: Sequence[str]) -> list[str]:
-        """What to ask Lance for to return ``columns``: the first key column of a table with a
-        derived merge key is read as that key's prefix (see :func:`derived_key`).
-
-        ``modalities.recording_hash`` repeats once per modality, so Lance dictionary-encodes
-        it: one value costs its page's whole dictionary (1.1 MB a page at 100k recordings,
-        fetched on each cache miss), where the unique ``modality_key`` costs a few KB.
-        """
-        if self.merge_key is None or self.pk[0] not in columns:
-            return list(columns)
-        return [self.merge_key if c == self.pk[0] else c for c in columns if c != self.merge_key]
-
-    def derive_columns(self, table: pa.Table, columns: Sequence[str]) -> pa.Table:
-        """``table`` read with :meth:`read_columns`, as ``columns``."""
-        assert self.merge_key is not None
-        key = table.column(self.merge_key)
-        first = pc.list_element(pc.split_pattern(key, "/", max_splits=1), 0).cast(self.column_type(self.pk[0]))
-        out = table.append_column(pa.field(self.pk[0], first.type), first)
-        return out.select(list(columns))
 
 
 def derived_key(row: CatalogRow) -> str:
