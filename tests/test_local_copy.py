@@ -227,4 +227,5 @@ def test_sweep_drops_the_partials_no_ingest_will_continue(tmp_path: Path) -> Non
             os.close(fd)
         left = {p.name for p in (raw / PARTIAL_DIR).iterdir()}
         assert left == {rec_id for rec_id, case in cases.items() if not case[3]}
-        assert [e["sessions"] for e in logs if e["event"] == "upload.partials_swept"] == [3]
+        swept = {e["rec_id"] for e in logs if e["event"] == "upload.partials_swept"}
+        assert swept == {rec_id for rec_id, case in cases.items() if case[3]}

@@ -226,8 +226,8 @@ class Runner:
         except (UrsaError, OSError) as exc:  # a sweep that fails stops nothing: next time
             log.warning("upload.sweep_failed", error=str(exc))
             return
-        if swept:
-            log.info("upload.partials_swept", sessions=len(swept))
+        for rec_id in swept:
+            log.info("upload.partials_swept", rec_id=rec_id)
 
     def _queued_dirs(self) -> list[Path]:
         """Session directories waiting for the worker (for the metrics' oldest pending age)."""
