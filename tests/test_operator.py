@@ -422,6 +422,22 @@ def test_ingest_of_a_missing_path_exits_2_saying_it_does_not_exist(tmp_path: Pat
     assert proc.returncode == 2 and "does not exist" in json.loads(proc.stdout)["error"]
 
 
+def test_ingest_of_a_session_directory_that_is_a_link_refuses_it_by_name_and_uploads_nothing(
+    tmp_path: Path,
+) -> None:
+    """SPEC: links are never followed, so ``ingest`` of a linked ``rec_*`` is an input error."""
+    config = write_config(tmp_path, local_config_dict(tmp_path))
+    real = write_session(tmp_path / "elsewhere", "rec_20260301_000002_abcd", {"eeg_a/x.bin": b"x" * 100})
+    link = tmp_path / "recordings" / real.name
+    link.symlink_to(real, target_is_directory=True)
+    proc = cli(config, "ingest", "--json", str(link))
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert real.name in doc["error"] and "symbolic link" in doc["error"] and str(real) in doc["error"], doc
+    assert not list((tmp_path / "store").rglob("x.bin")), "a linked session's bytes were uploaded"
+    assert cli(config, "query", "--json", "--rec-id", real.name).stdout.count(real.name) == 0
+
+
 def test_a_partial_copy_another_process_holds_is_left_alone(tmp_path: Path) -> None:
     """Two processes on one session (a `run` and an `ingest`): the second copies privately, and the
     first one's partial copy, locked, is neither written nor moved."""

@@ -38,7 +38,7 @@ def ingest_summary(result: Any, rec_id: str) -> dict[str, Any]:
 def ingest(obj: Context, rec_dir: Path, participant: str | None, overwrite: bool, as_json: bool) -> None:
     """Upload one session and register it (Path A)."""
     logs_to_stderr(as_json)
-    if not rec_dir.is_dir():
+    if not rec_dir.is_dir() and not rec_dir.is_symlink():  # a link is refused by load_session, by name
         what = "does not exist" if not rec_dir.exists() else "is not a directory"
         raise click.BadParameter(f"{rec_dir} {what}; give the rec_* session directory to ingest")
     data = obj.data()

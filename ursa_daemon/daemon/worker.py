@@ -24,7 +24,14 @@ from ursa_daemon.daemon.progress import LiveProgress
 from ursa_daemon.daemon.state import SessionState, StateDB
 from ursa_daemon.errors import CatalogRowExists, InputError, NodesPending
 from ursa_daemon.log import get_logger
-from ursa_daemon.session import HashingStopped, hash_files, load_session, recording_hash, tree_signature
+from ursa_daemon.session import (
+    HashingStopped,
+    hash_files,
+    load_session,
+    recording_hash,
+    refuse_linked_session,
+    tree_signature,
+)
 from ursa_daemon.transfer.limits import RateLimiter
 
 if TYPE_CHECKING:  # imported when a session is worked on, so an idle `run` holds no catalog stack
@@ -168,12 +175,7 @@ class Worker:
         self.state.upsert_session(rec_id, root, SessionState.HASHING, signature=signature)
         log.info("session.queued", rec_id=rec_id)
         started = time.monotonic()
-        if rec_dir.is_symlink():
-            raise InputError(
-                f"{rec_id}: the session directory is a symbolic link (to {_link_target(rec_dir)}); links are "
-                "never followed: move the real directory under the recordings root instead",
-                rec_id=rec_id,
-            )
+        refuse_linked_session(rec_dir)
         return self._ingest(rec_dir, started, defer_register)
 
     def _ingest(self, rec_dir: Path, started: float, defer_register: bool = False) -> Outcome:
@@ -357,13 +359,6 @@ class Worker:
         )
         log.warning("session.failed", rec_id=rec_id, error=error, attempts=attempts, retry_in_s=round(delay, 1))
         return METRICS.outcome(Outcome(rec_id, "failed", error))
-
-
-def _link_target(path: Path) -> str:
-    try:
-        return repr(os.readlink(path))
-    except OSError:
-        return "?"
 
 
 def _mtime_ns(path: Path) -> int:

@@ -19,6 +19,7 @@ from ursa_daemon.session.keys import (
     check_rel_path,
     is_data_name,
     participant_id,
+    refuse_linked_session,
     rel_key,
     split_worker,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "parse_shard",
     "parse_time_ns",
     "participant_id",
+    "refuse_linked_session",
     "read_manifest",
     "read_participant",
     "recording_hash",

@@ -6,9 +6,10 @@ Every problem is an :class:`InputError` that names the session, the file and the
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import unicodedata
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ursa_daemon.errors import InputError
@@ -22,6 +23,7 @@ __all__ = [
     "check_rel_path",
     "is_data_name",
     "participant_id",
+    "refuse_linked_session",
     "rel_key",
     "split_worker",
     "symlink_error",
@@ -81,6 +83,21 @@ def symlink_error(rec_id: str, rel: str) -> None:
         "Replace it with the real file (or remove it) and retry",
         rec_id=rec_id,
         file=rel,
+    )
+
+
+def refuse_linked_session(rec_dir: Path) -> None:
+    """A session directory that is itself a symbolic link is an input error (never followed)."""
+    if not rec_dir.is_symlink():
+        return
+    try:
+        target = repr(os.readlink(rec_dir))
+    except OSError:
+        target = "?"
+    raise InputError(
+        f"{rec_dir.name}: the session directory is a symbolic link (to {target}); links are "
+        "never followed: move the real directory under the recordings root instead",
+        rec_id=rec_dir.name,
     )
 
 

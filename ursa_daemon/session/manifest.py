@@ -24,6 +24,7 @@ from ursa_daemon.session.keys import (
     PARTICIPANT_NAME,
     REC_ID_RE,
     check_rel_path,
+    refuse_linked_session,
     symlink_error,
 )
 from ursa_daemon.session.parse import load_json, parse_duration_ns, parse_time_ns
@@ -159,6 +160,7 @@ def load_session(rec_dir: Path) -> Session:
             f"{rec_id!r}: a session directory must be named rec_YYYYMMDD_HHMMSS_<hex>; rename it",
             rec_id=rec_id,
         )
+    refuse_linked_session(rec_dir)
     doc, src = read_manifest(rec_dir)
     validate_manifest(doc, rec_id, src)
     start_ns = parse_time_ns(doc["start_time"], rec_id=rec_id, key="start_time", file=src)
