@@ -13,7 +13,12 @@ build, indexes fresh (ratios against it).
 Rows are made by tests/bench/catalog_query.py's generators (the same shapes as its 100k
 local catalog).
 
+``--maintain-every M`` runs the real ``maintain`` job (lease and all, as the hourly timer
+does in production) after every M tail commits; checkpoints then fall just before a
+maintenance run, the worst point of its cycle. Without it the tail never maintains.
+
     .venv/bin/python tests/bench/catalog_scale.py [--rows 10000,100000] [--tail 1000] [--batch 50000]
+    .venv/bin/python tests/bench/catalog_scale.py --rows 1000000 --tail 10000 --maintain-every 500 --runs 20
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from _common import emit_json, load_seaweed, percentile, print_table, s3_config_
 from ursa_daemon.api import DataInterface  # noqa: E402
 from ursa_daemon.catalog import ParticipantRow  # noqa: E402
 from ursa_daemon.config import config_from_dict  # noqa: E402
+from ursa_daemon.daemon.maintain import maintain  # noqa: E402
 
 
 def timed(reader_cfg: Any, n_rows: int, rng: random.Random, runs: int) -> dict[str, float]:
@@ -114,12 +120,25 @@ def one_size(weed: Any, n_rows: int, args: argparse.Namespace, work: Path) -> li
     phase("bulk built + maintained", build_s=round(build_s, 1), tail_commits=0)
 
     done = 0
+    every = args.maintain_every
+    maint_s: list[float] = []
+
+    def run_maintain() -> None:  # what the hourly timer does: the real job, lease and all
+        t = time.perf_counter()
+        maintain(writer, keep_versions=timedelta(hours=24))
+        maint_s.append(time.perf_counter() - t)
+        catalog.refresh()
+
     # early checkpoints too: a long tail cut short still says how latency grows with commits
     checkpoints = sorted({c for c in (100, 1000, args.tail // 4, args.tail // 2, args.tail) if 0 < c <= args.tail})
     committing = 0.0
     for cp in checkpoints:
         t0 = time.perf_counter()
         while done < cp:
+            if every and done and done % every == 0 and len(maint_s) < done // every:
+                tm = time.perf_counter()
+                run_maintain()
+                committing -= time.perf_counter() - tm  # maintenance is not commit time
             i = n_rows + done
             t1 = time.perf_counter()
             catalog.register_session(participants=[], recording=gen.recording(i), modalities=gen.modalities(i))
@@ -127,13 +146,17 @@ def one_size(weed: Any, n_rows: int, args: argparse.Namespace, work: Path) -> li
             if done % 100 == 0:  # the commit rate as it goes (stderr; the table is unchanged)
                 elapsed = committing + time.perf_counter() - t0
                 print(f"  tail: {done} commits, last {1000 * (time.perf_counter() - t1):.0f} ms, "
-                      f"mean {1000 * elapsed / done:.0f} ms", file=sys.stderr, flush=True)
+                      f"mean {1000 * elapsed / done:.0f} ms, {len(maint_s)} maintenance runs",
+                      file=sys.stderr, flush=True)
         committing += time.perf_counter() - t0
         per_commit_ms = round(committing / done * 1000, 1)
-        phase(f"after {done} single-session commits", tail_commits=done, tail_commit_ms=per_commit_ms)
-    t0 = time.perf_counter()
-    catalog.optimize(keep_versions=timedelta(hours=24))
-    phase("after maintain", tail_commits=done, maintain_s=round(time.perf_counter() - t0, 1))
+        since = done - every * len(maint_s) if every else done
+        extra: dict[str, Any] = {"tail_commits": done, "tail_commit_ms": per_commit_ms, "since_maintain": since}
+        if maint_s:
+            extra.update(maintain_runs=len(maint_s), maintain_s_max=round(max(maint_s), 1))
+        phase(f"after {done} single-session commits ({since} since maintain)", **extra)
+    run_maintain()
+    phase("after maintain", tail_commits=done, maintain_s=round(maint_s[-1], 1))
     return phases
 
 
@@ -142,6 +165,8 @@ def main() -> None:
     ap.add_argument("--rows", default="10000,100000", help="comma-separated recording counts")
     ap.add_argument("--tail", type=int, default=1000, help="single-session commits after the bulk build")
     ap.add_argument("--batch", type=int, default=50_000, help="recordings per bulk commit")
+    ap.add_argument("--maintain-every", type=int, default=0,
+                    help="run maintain (lease and all, as the hourly timer does) after every M tail commits; 0: never")
     ap.add_argument("--runs", type=int, default=40, help="point lookups per phase")
     args = ap.parse_args()
     weed = load_seaweed().SeaweedServer().start()
