@@ -7,6 +7,7 @@ from the seed's text. Runs on the local profile, in-process.
 from __future__ import annotations
 
 import ast
+import builtins
 import dataclasses
 import inspect
 import json
@@ -53,6 +54,18 @@ def test_result_and_progress_fields_are_the_seeds() -> None:
     assert sorted(ours[: len(result)]) == sorted(n for n, _ in result)
     assert [f.name for f in dataclasses.fields(UploadProgress)] == [n for n, _ in progress]
     assert orchestrator.IngestResult is ursa.IngestResult and orchestrator.UploadProgress is ursa.UploadProgress
+
+
+def test_the_seeds_exceptions_exist_with_their_bases() -> None:
+    pattern = r"- exception ursa\.register\.orchestrator\.(\w+)\[source\]¶\s*Bases:\s*([A-Z]\w*?(?:Error|Exception))"
+    documented = re.findall(pattern, DOC)
+    assert documented, "the seed documents no exception"
+    for name, base in documented:
+        cls = getattr(orchestrator, name)
+        assert name in orchestrator.__all__ and issubclass(cls, getattr(builtins, base)), (name, base)
+    from ursa_daemon.transfer.body import UploadInterrupted
+
+    assert orchestrator.UploadInterrupted is UploadInterrupted  # the one our reads raise, not a look-alike
 
 
 @pytest.mark.parametrize("name", ["ingest", "ingest_from_r2"])

@@ -2,7 +2,9 @@
 
 :func:`ingest` and :func:`ingest_from_r2` are :meth:`ursa.DataInterface.ingest` and
 :meth:`ursa.DataInterface.ingest_from_r2` with the orchestrator's argument names;
-:class:`IngestResult` and :class:`UploadProgress` are ``ursa_daemon``'s. Events are
+:class:`IngestResult`, :class:`UploadProgress` and :class:`UploadInterrupted` (raised by a
+read the ``is_active`` callback stopped; :func:`ingest` catches it and returns a paused
+result) are ``ursa_daemon``'s. Events are
 logged by structlog as ``ursa.ingest`` (``upload.file_done`` per file, at INFO;
 ``upload.file_skipped`` at DEBUG; ``session.paused``, ``session.registered``),
 which ``import ursa`` routes to the stdlib logger of that name.
@@ -14,12 +16,13 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ursa_daemon.transfer.body import UploadInterrupted
 from ursa_daemon.transfer.ingest import IngestResult, UploadProgress
 
 if TYPE_CHECKING:
     from ursa.data_interface import DataInterface
 
-__all__ = ["IngestResult", "UploadProgress", "ingest", "ingest_from_r2"]
+__all__ = ["IngestResult", "UploadInterrupted", "UploadProgress", "ingest", "ingest_from_r2"]
 
 
 def ingest(

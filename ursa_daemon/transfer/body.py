@@ -25,10 +25,11 @@ from ursa_daemon.transfer.wire import _Wire, sending_socket
 __all__ = ["CancellableFile", "FileRegion", "UploadInterrupted"]
 
 
-class UploadInterrupted(Exception):
+class UploadInterrupted(RuntimeError):
     """A stream stopped because the rig became active or the daemon is stopping.
 
-    Control flow, not a failure: never logged as an error.
+    Control flow, not a failure: never logged as an error. A ``RuntimeError``, as the
+    seeds' ``ursa.register.orchestrator.UploadInterrupted`` is (re-exported there).
     """
 
 
