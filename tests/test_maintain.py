@@ -161,3 +161,57 @@ def test_runs_that_find_the_same_expired_lease_never_both_take_it(contract_confi
         assert len(lost) == racers - 1
         assert json.loads(store.get(LEASE_KEY))["holder"] == won[0]  # the one winner's lease stands
         store.delete(LEASE_KEY)
+
+
+def _catalog_of(tmp_path: Path, n: int) -> Path:
+    """A local catalog of ``n`` recordings (one modality each), written in one commit per table."""
+    import hashlib
+
+    from ursa_daemon.catalog import ModalityRow, RecordingRow
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(local_config_dict(tmp_path)))
+    data = DataInterface(config=load_config(config))
+    data.enable_writes(roles=("assets_rw",))
+    catalog = data._write_catalog()
+    hashes = [hashlib.sha256(f"r{i}".encode()).hexdigest() for i in range(n)]
+    catalog.add_rows([
+        ModalityRow(recording_hash=h, modality="eeg", worker_id="0", raw_storage_uri=f"file:///x/{i}/",
+                    file_count=1, byte_count=1)
+        for i, h in enumerate(hashes)
+    ])
+    catalog.add_rows([
+        RecordingRow(recording_hash=h, rec_id=f"rec_20260101_000000_{i:08x}", participant_ids=[],
+                     start_time=i, duration_ns=1, registered_at=0)
+        for i, h in enumerate(hashes)
+    ])
+    return config
+
+
+def test_lance_gets_a_memory_pool_big_enough_to_reindex_and_an_operators_own_is_kept(tmp_path: Path) -> None:
+    """Lance's default pool (150 MiB a CPU: 300 MiB here) failed the index update of a 1M-recording
+    catalog. The process gives Lance at least 1 GiB; a pool too small for the table is a clear
+    error naming the variable and the fix (here forced with a tiny pool an operator set)."""
+    import os
+
+    config = _catalog_of(tmp_path, 3000)
+    env = {k: v for k, v in os.environ.items() if k != "LANCE_MEM_POOL_SIZE"}
+    probe = ("import os; from ursa_daemon.catalog import lance; lance.import_lancedb(); "
+             "print(os.environ['LANCE_MEM_POOL_SIZE'])")
+    pool = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert int(pool.stdout) == max(1 << 30, (150 << 20) * (os.cpu_count() or 1))
+
+    small = subprocess.run(
+        [sys.executable, "-m", "ursa_daemon.cli", "--config", str(config), "maintain", "--json"],
+        env={**env, "LANCE_MEM_POOL_SIZE": "200000"}, capture_output=True, text=True, timeout=300,
+    )
+    assert small.returncode != 0, "maintain said it was done when Lance refused the memory"
+    error = json.loads(small.stdout)["error"] if small.stdout.strip() else small.stderr
+    assert "LANCE_MEM_POOL_SIZE=200000" in error and "larger" in error and "maintain" in error, error
+    before = _versions(config)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ursa_daemon.cli", "--config", str(config), "maintain", "--json"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _versions(config) != before

@@ -24,6 +24,15 @@ lancedb's modules are being imported, ``overrides.override`` is swapped for the
 same decorator minus the check (it still marks ``__override__``, as
 ``typing.override`` does on 3.12, where lancedb uses that instead) and put back
 right after, so other users of ``overrides`` in the process keep the real one.
+
+Before lancedb is first used, :func:`size_memory_pool` gives Lance's DataFusion memory
+pool (``LANCE_MEM_POOL_SIZE``, read lazily by Lance) at least :data:`MIN_MEM_POOL_BYTES`.
+Lance's default is 150 MiB per CPU; on a 2-core machine that 300 MiB pool is too small
+for the BTREE index update of a 4,000,000-row modalities table (a catalog of 1,000,000
+recordings): the sort's non-spillable merge phase is refused its memory and ``maintain``
+fails with ``Resources exhausted`` every time. The pool is a cap, not an allocation:
+a point lookup or a single-session commit uses a few MiB of it whatever its size. An
+operator's own ``LANCE_MEM_POOL_SIZE`` is left as it is.
 """
 
 from __future__ import annotations
@@ -32,15 +41,20 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import os
 import sys
 import threading
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-__all__ = ["LAZY_PACKAGE", "import_lancedb"]
+__all__ = ["LAZY_PACKAGE", "MIN_MEM_POOL_BYTES", "import_lancedb", "size_memory_pool"]
 
 LAZY_PACKAGE = "lance_namespace_urllib3_client"
+#: the least memory pool Lance gets (see the module doc): room to re-index ~1M recordings
+MIN_MEM_POOL_BYTES = 1 << 30
+#: Lance's own default: 150 MiB per execution partition, one partition per CPU
+_LANCE_POOL_PER_CPU = 150 << 20
 
 _lock = threading.Lock()
 
@@ -94,8 +108,16 @@ class _Finder(importlib.abc.MetaPathFinder):
         return spec
 
 
+def size_memory_pool() -> None:
+    """Set ``LANCE_MEM_POOL_SIZE`` to the larger of Lance's default and :data:`MIN_MEM_POOL_BYTES`,
+    unless it is set already."""
+    lance_default = _LANCE_POOL_PER_CPU * (os.cpu_count() or 1)
+    os.environ.setdefault("LANCE_MEM_POOL_SIZE", str(max(MIN_MEM_POOL_BYTES, lance_default)))
+
+
 def import_lancedb() -> ModuleType:
     """``import lancedb``, with the REST namespace client's ``__init__`` deferred (see module doc)."""
+    size_memory_pool()
     lancedb = sys.modules.get("lancedb")
     if lancedb is not None:
         return lancedb

@@ -7,6 +7,7 @@ engine's text.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -102,4 +103,15 @@ def lance_errors(action: str, *, role: str = "assets_rw") -> Iterator[None]:
     except LANCE_ERRORS as exc:
         if any(m in str(exc) for m in _DENIED_MARKERS):
             raise CatalogPermissionError(action, role) from None
+        if "Resources exhausted" in str(exc):
+            raise CatalogError(f"{action}: {_pool_too_small()}; Lance said: {exc}") from exc
         raise CatalogError(f"{action}: {exc}") from exc
+
+
+def _pool_too_small() -> str:
+    pool = os.environ.get("LANCE_MEM_POOL_SIZE", "?")
+    return (
+        f"Lance's memory pool (LANCE_MEM_POOL_SIZE={pool} bytes) is too small for this table; "
+        "set LANCE_MEM_POOL_SIZE to a larger byte count (e.g. 4294967296) in the environment of "
+        "`ursa-daemon maintain` (its systemd unit) and run it again"
+    )
