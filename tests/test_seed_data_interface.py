@@ -331,3 +331,91 @@ def test_public_names_are_ursa_daemons_own() -> None:
                 exported = importlib.import_module(node.module).__all__  # type: ignore[arg-type]
                 for alias in node.names:
                     assert alias.name in exported, f"{mod}: {node.module}.{alias.name} is not public"
+
+
+#: names the seeds' *implementation* imports that are its internals, not the scientists' API
+SEED_INTERNALS = {
+    ("ursa.layout", "active_buckets"), ("ursa.layout", "validate_storage_uri"),
+    ("ursa.data_interface", "CatalogWriter"),
+    ("ursa.store", "get_store"), ("ursa.store", "parse_storage_uri"),
+}
+
+
+def _seed_imports() -> list[tuple[str, str]]:
+    """Every ``from ursa... import name`` in the seed documents (one-line and parenthesised)."""
+    from seed_docs import SHARED_NAMES
+
+    found: set[tuple[str, str]] = set()
+    for vendored in SHARED_NAMES:
+        for m in re.finditer(r"from (ursa[\w.]*) import (\([^)]*\)|[\w, ]+)", text(vendored)):
+            names = m.group(2).strip("()").replace("\n", " ")
+            found |= {(m.group(1), n.strip()) for n in names.split(",") if n.strip().isidentifier()}
+    return sorted(found)
+
+
+def test_every_name_the_seeds_import_from_ursa_imports() -> None:
+    import importlib
+
+    seed = _seed_imports()
+    assert set(seed) >= SEED_INTERNALS, "the internals list names what the seeds no longer import"
+    missing = []
+    for module, name in seed:
+        if (module, name) in SEED_INTERNALS:
+            continue
+        try:
+            found = hasattr(importlib.import_module(module), name)
+        except ImportError:
+            found = False
+        if not found:
+            missing.append(f"from {module} import {name}")
+    assert len(seed) > 30 and not missing, missing
+
+
+def test_get_results_carry_the_seeds_metadata_and_materialize_is_get(tmp_path: Path, data: DataInterface) -> None:
+    from harness import write_session
+
+    from ursa.raw import RawBytes
+    from ursa.temporal import Data
+
+    data.enable_writes(roles=("assets_rw", "raw_rw"))
+    rec = write_session(tmp_path / "r", "rec_20260520_195628_b1dd", {"eeg/seg_000001.bin": b"1"})
+    data.ingest(rec / "manifest.json", source_dir=rec)
+    [qr] = data.query(status="raw")
+    got = data.materialize(qr)
+    assert isinstance(got, Data) and got == data.get(qr)
+    assert got.metadata.recording_hash == qr.recording_hash  # seed: Data(metadata=rec_row)
+    eeg = got.modalities["eeg"]
+    assert isinstance(eeg, RawBytes) and eeg.metadata.modality == "eeg"  # seed: RawBytes(segments, metadata=mrow)
+    assert eeg.metadata.raw_storage_uri == qr.modalities["eeg"].raw_storage_uri
+
+
+def test_the_orchestrator_logger_the_runbook_names_gets_ingest_events(tmp_path: Path) -> None:
+    """Runbook: 'surface progress via ... the structured ursa.register.orchestrator logger'.
+    A fresh process, as a scientist's script: only that logger is configured."""
+    import subprocess
+    import sys
+
+    from harness import write_session
+
+    rec = write_session(tmp_path / "r", "rec_20260520_195628_b1dd", {"eeg/seg_000001.bin": b"1" * 10})
+    script = f"""
+import logging
+from ursa import DataInterface
+seen = []
+class H(logging.Handler):
+    def emit(self, record): seen.append((record.name, record.getMessage(), getattr(record, "rec_id", None)))
+log = logging.getLogger("ursa.register.orchestrator")
+log.setLevel(logging.INFO)
+log.addHandler(H())
+data = DataInterface(profile="local", path={str(tmp_path / "store")!r})
+data.enable_writes(roles=("assets_rw", "raw_rw"))
+data.ingest({str(rec / "manifest.json")!r}, source_dir={str(rec)!r})
+print(seen)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    seen = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    events = {event for _, event, _ in seen}
+    assert {"upload.file_done", "session.registered"} <= events, seen
+    assert all(name == "ursa.register.orchestrator" for name, _, _ in seen)
+    assert ("ursa.register.orchestrator", "session.registered", rec.name) in seen
+    assert not out.stderr.strip(), out.stderr  # nothing printed where logging was not configured

@@ -40,7 +40,9 @@ from ursa_daemon.log import library_logging
 from ursa_daemon.transfer.download import DownloadProgress
 from ursa_daemon.transfer.ingest import IngestResult, UploadProgress
 
-library_logging()  # ursa_daemon's events go to stdlib loggers (ursa.ingest, ...), quiet unless configured
+# ursa_daemon's events go to stdlib loggers (ursa.ingest, ...), quiet unless configured; ingest's
+# also to the seeds' ``ursa.register.orchestrator`` logger, which their runbook says to subscribe to
+library_logging(aliases={"ursa.ingest": "ursa.register.orchestrator"})
 
 __all__ = [
     "BenchmarkResultRow",

@@ -206,6 +206,10 @@ class DataInterface:
             )
         return self._core.get(target)
 
+    def materialize(self, target: QueryResult | Iterable[QueryResult], *, concat: bool = False) -> Any:
+        """The seeds' in-memory delivery verb (next to ``stream`` and ``download``): :meth:`get`."""
+        return self.get(target, concat=concat)
+
     def download(
         self,
         target: QueryResult | Iterable[QueryResult],

@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from types import ModuleType
 from typing import Any, TextIO
 
@@ -203,25 +203,47 @@ class _LazyLogger:
         return f"<lazy logger {self._name!r}>"
 
 
-def library_logging() -> None:
+def library_logging(aliases: Mapping[str, str] | None = None) -> None:
     """For library use (``import ursa``): unless structlog is configured already, send its
     events to the stdlib logger of the same name (``ursa.ingest``, ...) with their keys as
-    ``extra``, so they show only where the application configured logging. A later
-    :func:`setup_logging` (the CLI) takes over."""
+    ``extra``, so they show only where the application configured logging. ``aliases`` maps
+    a logger name to a second stdlib logger that gets the same events too (the seeds'
+    names for ours). A later :func:`setup_logging` (the CLI) takes over."""
     structlog = _structlog()
     if structlog.is_configured():
         return
     structlog.configure(
         processors=[
-            structlog.stdlib.filter_by_level,
             structlog.contextvars.merge_contextvars,
             _redact,
+            _AlsoTo(dict(aliases or {})),
+            structlog.stdlib.filter_by_level,
             structlog.stdlib.render_to_log_kwargs,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
+
+
+class _AlsoTo:
+    """A processor: the event also goes to the stdlib logger its logger's name is aliased to."""
+
+    _LEVELS = {"exception": logging.ERROR, "warn": logging.WARNING}
+
+    def __init__(self, aliases: dict[str, str]) -> None:
+        self.aliases = aliases
+
+    def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        alias = self.aliases.get(getattr(logger, "name", ""))
+        if alias is None:
+            return event_dict
+        level = self._LEVELS.get(method) or logging.getLevelName(method.upper())
+        target = logging.getLogger(alias)
+        if isinstance(level, int) and target.isEnabledFor(level):
+            extra = {k: v for k, v in event_dict.items() if k != "event" and k not in _RECORD_ATTRS}
+            target.log(level, event_dict.get("event"), extra=extra)
+        return event_dict
 
 
 #: the consoles of the progress displays on screen: log lines for a terminal go above their bars

@@ -80,6 +80,11 @@ class RawModality:
     def nbytes(self) -> int:
         return sum(len(b) for _, b in self.segments)
 
+    @property
+    def metadata(self) -> ModalityRow:
+        """The modality row: the seeds' ``RawBytes.metadata``."""
+        return self.row
+
 
 @dataclass(frozen=True)
 class Mp4Asset:
@@ -98,6 +103,11 @@ class ProcessedModality:
     format: StorageFormat | None
     asset: Any
 
+    @property
+    def metadata(self) -> ModalityRow:
+        """The modality row, under the name the raw side has in the seeds."""
+        return self.row
+
 
 @dataclass(frozen=True)
 class RecordingData:
@@ -105,6 +115,11 @@ class RecordingData:
 
     recording: QueryResult
     modalities: Mapping[str, RawModality | ProcessedModality]
+
+    @property
+    def metadata(self) -> QueryResult:
+        """The recording: the seeds' ``Data.metadata`` (its row's fields, ``recording_hash`` ...)."""
+        return self.recording
 
 
 @dataclass(frozen=True)
