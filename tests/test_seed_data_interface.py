@@ -419,3 +419,16 @@ print(seen)
     assert all(name == "ursa.register.orchestrator" for name, _, _ in seen)
     assert ("ursa.register.orchestrator", "session.registered", rec.name) in seen
     assert not out.stderr.strip(), out.stderr  # nothing printed where logging was not configured
+
+
+def test_metadata_with_limit_warns_as_the_seed_does(data: DataInterface) -> None:
+    import warnings
+
+    assert "if spec.metadata is not None and limit is not None: warnings.warn(" in DOC
+    with pytest.warns(UserWarning, match="metadata") as caught:
+        assert data.query(metadata={"protocol": "rest"}, limit=1) == []
+    assert caught[0].filename == __file__  # pointed at the caller's line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data.query(metadata={"protocol": "rest"})
+        data.query(limit=1)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 from pydantic import Field
@@ -96,6 +97,13 @@ def _checked_args(spec: QuerySpec | None, filters: dict[str, Any]) -> tuple[Quer
 def query(core: _CoreInterface, spec: QuerySpec | None, filters: dict[str, Any]) -> QueryResultList:
     """:meth:`ursa.DataInterface.query` (its docstring says what the arguments mean)."""
     spec, status, limit = _checked_args(spec, filters)
+    if spec.metadata is not None and limit is not None:  # the seeds warn here; it is as true here
+        warnings.warn(
+            "DataInterface.query(metadata=..., limit=...) reads the metadata of every recording the other "
+            "filters leave (a full catalog scan without them) before the limit applies",
+            UserWarning,
+            stacklevel=3,
+        )
     meta = dict(spec.metadata) if spec.metadata is not None else None
     rec_id = spec.rec_id
     if meta is not None and LEGACY_ID_KEY in meta:  # rows registered before it was written lack it
