@@ -8,11 +8,12 @@ on top of :class:`CatalogCore`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
@@ -47,6 +48,19 @@ DEFAULT_READ_CONSISTENCY = timedelta(seconds=5)
 _MAX_BATCH_ROWS = 1 << 20
 
 
+class HeldLock(Protocol):
+    """What a commit lock's holder can ask while it holds it."""
+
+    def overran(self) -> bool:
+        """Held past its time budget: another writer may have taken it over meanwhile."""
+        ...
+
+
+#: ``commit_lock()`` is a context manager holding the catalog's commit lock for its block
+#: (see :mod:`ursa_daemon.catalog.writes`); it raises :class:`CatalogError` when it cannot.
+CommitLock = Callable[[], contextlib.AbstractContextManager[HeldLock]]
+
+
 class CatalogCore:
     """A LanceDB catalog at one URI: the connection, its tables and the low-level reads.
 
@@ -55,8 +69,18 @@ class CatalogCore:
     run concurrently.
     """
 
-    def __init__(self, db: AsyncConnection, *, uri: str, existing: set[str], writable: bool, loop: EventLoop) -> None:
+    def __init__(
+        self,
+        db: AsyncConnection,
+        *,
+        uri: str,
+        existing: set[str],
+        writable: bool,
+        loop: EventLoop,
+        commit_lock: CommitLock | None = None,
+    ) -> None:
         self._db = db
+        self._commit_lock = commit_lock
         self._uri = uri
         self._existing = existing
         self._writable = writable
@@ -65,6 +89,7 @@ class CatalogCore:
         self._seen_commits = process_commits(uri)
         self._open_lock = threading.Lock()
         self._write_lock = threading.RLock()
+        self._held: HeldLock | None = None  # the commit lock, while this handle's writer holds it
 
     # -- opening ------------------------------------------------------------
 
@@ -76,6 +101,7 @@ class CatalogCore:
         storage_options: dict[str, str] | None = None,
         writable: bool = True,
         read_consistency_interval: timedelta | None = DEFAULT_READ_CONSISTENCY,
+        commit_lock: CommitLock | None = None,
     ) -> Self:
         """Open the catalog at ``uri`` (a local directory or ``s3://bucket/prefix``).
 
@@ -93,6 +119,10 @@ class CatalogCore:
 
         ``read_consistency_interval``: how stale a read may be (None: never look
         for other processes' commits; call :meth:`refresh`).
+
+        ``commit_lock``: the lock every writer of this catalog takes around its
+        check-and-commit (:mod:`ursa_daemon.catalog.writes` says why); without one, only the
+        writers of this process are serialised.
         """
         lancedb = import_lancedb()  # here, not at import: the upload path never pays for it
 
@@ -104,7 +134,7 @@ class CatalogCore:
                 )
             )
             existing = loop.run(list_tables(db))
-        catalog = cls(db, uri=uri, existing=existing, writable=writable, loop=loop)
+        catalog = cls(db, uri=uri, existing=existing, writable=writable, loop=loop, commit_lock=commit_lock)
         if writable:
             for name in TABLE_NAMES:
                 if name not in existing:
@@ -165,6 +195,20 @@ class CatalogCore:
         if latest != self._seen_commits:
             self._seen_commits = latest
             self._checkout_latest(list(self._tables.values()))
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[HeldLock | None]:
+        """This handle's write lock, then the catalog's commit lock (when it has one)."""
+        with self._write_lock:
+            if self._commit_lock is None or self._held is not None:  # none, or already ours (nested)
+                yield self._held
+                return
+            with self._commit_lock() as held:
+                self._held = held
+                try:
+                    yield held
+                finally:
+                    self._held = None
 
     def _writable_table(self, spec: TableSpec) -> AsyncTable:
         if not self._writable:

@@ -8,11 +8,40 @@ at most one commit per table (``merge_insert``), in the order participants →
 modalities → recordings: the recording row, written last, is what makes the
 session visible to ``query``.
 
-Each write re-reads the latest table versions before its checks. Writes through one
-catalog handle are serialised by a lock; between handles and processes, Lance's
-commit protocol (a conditional PUT on S3/R2) keeps each commit atomic, and a row
-another writer inserted between our check and our commit is caught (the
-insert-only merge skips it) and compared afterwards.
+**Exactly once: why writers take a commit lock.** Every write (check, then commit)
+runs under this handle's lock and the catalog's *commit lock* (``commit_lock`` of
+:meth:`CatalogCore.open`: an object in the assets bucket taken by an atomic create,
+:mod:`ursa_daemon.store.lease`), and re-reads the latest table versions inside it.
+So a writer's check sees every row any earlier writer committed, and two writers never
+insert the same key. Lance alone does not give that. What we rely on, read in the
+source of lance 13.0.0 (the one lancedb 0.40.0 bundles):
+
+* ``merge_insert`` commits an ``Operation::Update``; a concurrent insert of the same
+  key is a (retryable) conflict only when *both* transactions carry an
+  ``inserted_rows_filter`` (``conflict_resolver.rs``, ``check_update_txn``: "The
+  presence of inserted_rows_filter means this is a primary key operation and strict
+  conflict detection should be applied"; ``(None, _)`` falls through to ``_ => {}``).
+* The filter is recorded only on the DataFusion path (``FullSchemaMergeInsertExec``,
+  "Check if ON columns match the schema's unenforced primary key"); when a scalar index
+  covers the join key (``can_use_create_plan``: ``would_use_scalar_index``), the legacy
+  ``Merger`` path runs and commits ``inserted_rows_filter: None, // not implemented for
+  v1``. Our keys have BTREE indexes; a BTREE counts once its fragment bitmap meets the
+  table's fragments (``load_scalar_index``), i.e. after ``maintain``'s index update. From
+  then on two writers inserting one key both commit: the duplicates lance-format/lance
+  #4585, #8949 and the open #9238 describe, and issue 22 measured. ``use_index(False)``
+  keeps the filter but joins the whole key column on every commit (measured 100-250 ms
+  on local disk at 1M rows, and that many bytes read from the store each time).
+* Compaction (``Rewrite``) and index commits (``CreateIndex``) are compatible with an
+  insert-only ``Update`` (they touch none of its fragments) and never duplicate rows;
+  an upsert whose deleted rows sit in a rewritten fragment is a retryable conflict and
+  Lance re-runs the whole join against the new version (``execute_with_retry``).
+  Maintenance therefore runs without the commit lock: a rig never waits for it.
+
+The lock holds for a time budget (:data:`COMMIT_LOCK_TTL_S` in the context layer); a
+holder that dies is replaced at once on its own host, else after the budget. A holder
+that overran its budget (another may have taken the lock meanwhile) re-checks the keys it
+wrote right after its commit and repairs a duplicate (:mod:`ursa_daemon.catalog.repair`),
+as ``maintain`` does for the whole catalog.
 """
 
 from __future__ import annotations
@@ -24,7 +53,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ursa_daemon.catalog._loop import note_commit
-from ursa_daemon.catalog.core import CatalogCore
+from ursa_daemon.catalog.core import HeldLock
 from ursa_daemon.catalog.policies import (
     SESSION_TABLES,
     SessionBatch,
@@ -36,6 +65,7 @@ from ursa_daemon.catalog.policies import (
     strict,
 )
 from ursa_daemon.catalog.queries import sql_literal
+from ursa_daemon.catalog.repair import CatalogRepair, log_repair
 from ursa_daemon.catalog.rows import (
     BenchmarkResultRow,
     BenchmarkSuiteRow,
@@ -53,7 +83,7 @@ from ursa_daemon.catalog.rows import (
     SessionRows,
     VirgoAssetRow,
 )
-from ursa_daemon.catalog.schema import SPECS, TableSpec, to_arrow
+from ursa_daemon.catalog.schema import SPECS, TableSpec, derived_key, to_arrow
 from ursa_daemon.errors import CatalogError, CatalogRowExists
 
 
@@ -77,7 +107,7 @@ class _Write:
         return len(self.rows) - self.replaced
 
 
-class CatalogWrites(CatalogCore):
+class CatalogWrites(CatalogRepair):
     """Inserts, registrations and deletes (see the module doc)."""
 
     # -- low-level writes ---------------------------------------------------------
@@ -145,18 +175,30 @@ class CatalogWrites(CatalogCore):
             if diff:
                 raise conflict(other, diff)
 
+    def _recheck(self, held: HeldLock | None, writes: Sequence[_Write]) -> None:
+        """After the commits of a hold that overran its budget: one row per key we wrote."""
+        if held is None or not held.overran():
+            return
+        for write in writes:
+            if write.rows:
+                keys = [(derived_key(r),) if write.spec.merge_key else r.primary_key() for r in write.rows]
+                for repair in self._dedupe(write.spec, keys):
+                    log_repair(repair, after="an overrun commit lock")
+
     def _register(self, spec: TableSpec, row: RowT, policy: str) -> RowT:
-        with self._write_lock:
+        with self._exclusive() as held:
             self._refresh(spec)
             write, (stored,) = self._plan(spec, [row], policy)
             self._commit(write)
+            self._recheck(held, [write])
             return stored
 
     def _add(self, spec: TableSpec, rows: Sequence[CatalogRow]) -> None:
-        with self._write_lock:
+        with self._exclusive() as held:
             self._refresh(spec)
             write, _ = self._plan(spec, rows, "error", strict)
             self._commit(write)
+            self._recheck(held, [write])
 
     # -- strict inserts -----------------------------------------------------------
 
@@ -233,7 +275,7 @@ class CatalogWrites(CatalogCore):
         check_policy("participants", on_conflict_participant)
         check_session(participants, recording, modalities)
         p_spec, m_spec, r_spec = SPECS["participants"], SPECS["modalities"], SPECS["recordings"]
-        with self._write_lock:
+        with self._exclusive() as held:
             self._refresh(p_spec, m_spec, r_spec)
             p_write, _ = self._plan(p_spec, participants, on_conflict_participant)
             self._require_participants(recording, participants)
@@ -242,6 +284,7 @@ class CatalogWrites(CatalogCore):
             for write in (p_write, m_write, r_write):
                 self._commit(write)
                 _test_crash_point(write.spec.name)
+            self._recheck(held, [p_write, m_write, r_write])
         return stored
 
     def register_sessions(
@@ -271,7 +314,7 @@ class CatalogWrites(CatalogCore):
         }
         specs = [SPECS[name] for name in SESSION_TABLES]
         results: list[RecordingRow | Exception] = []
-        with self._write_lock:
+        with self._exclusive() as held:
             self._refresh(*specs)
             batch = SessionBatch({spec.name: self._stored_rows(spec, sessions) for spec in specs}, policies)
             for session in sessions:
@@ -279,10 +322,11 @@ class CatalogWrites(CatalogCore):
                     results.append(batch.add(session))
                 except (CatalogRowExists, ValueError) as exc:
                     results.append(exc)
-            for spec in specs:
-                rows, replaced = batch.writes(spec.name)
-                self._commit(_Write(spec, rows, replaced))
-                _test_crash_point(spec.name)
+            writes = [_Write(spec, *batch.writes(spec.name)) for spec in specs]
+            for write in writes:
+                self._commit(write)
+                _test_crash_point(write.spec.name)
+            self._recheck(held, writes)
         return results
 
     def _stored_rows(self, spec: TableSpec, sessions: Sequence[SessionRows]) -> dict[tuple[Any, ...], CatalogRow]:
@@ -299,7 +343,7 @@ class CatalogWrites(CatalogCore):
         """
         r_spec, m_spec = SPECS["recordings"], SPECS["modalities"]
         where = f"recording_hash = {sql_literal(recording_hash)}"
-        with self._write_lock:
+        with self._exclusive():
             self._refresh(r_spec, m_spec)
             found = bool(self._rows(r_spec, where, limit=1)) or bool(self._rows(m_spec, where, limit=1))
             if not found:

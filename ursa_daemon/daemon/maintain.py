@@ -24,9 +24,6 @@ reader can still need a version superseded that long ago.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
 import socket
 import time
@@ -34,8 +31,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from ursa_daemon.errors import ObjectExists, ObjectNotFound, UrsaError
+from ursa_daemon.errors import UrsaError
 from ursa_daemon.log import get_logger
+from ursa_daemon.store.lease import Lease
 
 if TYPE_CHECKING:
     from ursa_daemon.store import Store
@@ -119,63 +117,29 @@ def maintain(
     return report
 
 
-def _lease_body(holder: str, lease: timedelta) -> bytes:
-    return json.dumps({"holder": holder, "expires_at": time.time() + lease.total_seconds()}).encode()
-
-
-def _read_lease(store: Store) -> tuple[bytes, dict[str, Any]] | None:
-    """The lease's bytes and document; ``None`` when there is none. Unreadable reads as expired."""
-    try:
-        raw = store.get(LEASE_KEY)
-    except ObjectNotFound:
-        return None
-    try:
-        doc = json.loads(raw)
-    except ValueError:  # unreadable: treat as expired, it will be replaced
-        doc = None
-    return raw, doc if isinstance(doc, dict) else {"holder": "?", "expires_at": 0.0}
+def _lease(store: Store, holder: str, lease: timedelta) -> Lease:
+    return Lease(store, LEASE_KEY, TAKEOVER_PREFIX, lease.total_seconds(), holder=holder)
 
 
 def _take_lease(store: Store, holder: str, lease: timedelta) -> None:
-    for _ in range(2):
-        try:
-            store.put(LEASE_KEY, _lease_body(holder, lease), content_type="application/json", create_only=True)
-            log.info("catalog.lease_taken", holder=holder)
-            return
-        except ObjectExists:
-            found = _read_lease(store)
-            if found is None:
-                continue  # given back meanwhile: try again
-            raw, current = found
-            expires = current.get("expires_at")
-            if isinstance(expires, int | float) and expires > time.time():
-                raise LeaseHeld(
-                    f"catalog maintenance is already running ({current.get('holder')}, lease "
-                    f"{store.uri(LEASE_KEY)} until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(expires))}); "
-                    "nothing done"
-                ) from None
-            _claim_expired(store, raw, holder, str(current.get("holder")))
-            with contextlib.suppress(ObjectNotFound):
-                store.delete(LEASE_KEY)
-    raise LeaseHeld(f"catalog maintenance lease {store.uri(LEASE_KEY)} was taken by another run; nothing done")
-
-
-def _claim_expired(store: Store, raw: bytes, holder: str, expired_holder: str) -> None:
-    """Win the right to replace this expired lease (its bytes name it), or raise :class:`LeaseHeld`."""
-    marker = TAKEOVER_PREFIX + hashlib.sha256(raw).hexdigest()
-    body = json.dumps({"holder": holder, "took_over": expired_holder, "at": time.time()}).encode()
-    try:
-        store.put(marker, body, content_type="application/json", create_only=True)
-    except ObjectExists:
+    """Take the maintenance lease now, or raise :class:`LeaseHeld` naming its holder."""
+    taker = _lease(store, holder, lease)
+    current = taker.try_take()
+    if taker.took_over is not None:
+        log.warning("catalog.lease_expired", holder=taker.took_over.holder)
+    if current is None:
+        log.info("catalog.lease_taken", holder=holder)
+        return
+    if current.expired(time.time()):
         raise LeaseHeld(
-            f"catalog maintenance lease {store.uri(LEASE_KEY)} of {expired_holder} expired and another run "
+            f"catalog maintenance lease {store.uri(LEASE_KEY)} of {current.holder} expired and another run "
             "is taking it over; nothing done"
-        ) from None
-    log.warning("catalog.lease_expired", holder=expired_holder)
+        )
+    raise LeaseHeld(
+        f"catalog maintenance is already running ({current.holder}, lease {store.uri(LEASE_KEY)} until "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(current.expires_at))}); nothing done"
+    )
 
 
 def _give_back(store: Store, holder: str) -> None:
-    found = _read_lease(store)
-    if found is not None and found[1].get("holder") == holder:
-        with contextlib.suppress(ObjectNotFound):
-            store.delete(LEASE_KEY)
+    _lease(store, holder, DEFAULT_LEASE).give_back()

@@ -15,9 +15,10 @@ nothing here knows it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,20 +28,72 @@ from ursa_daemon.errors import (
     CatalogPermissionError,
     ObjectExists,
     ObjectNotFound,
+    StoreError,
     StorePermissionError,
     WritesNotEnabled,
 )
+from ursa_daemon.log import get_logger
 from ursa_daemon.store import Store, get_store
+from ursa_daemon.store.lease import Lease
 
 if TYPE_CHECKING:
     from ursa_daemon.catalog import Catalog
+    from ursa_daemon.catalog.core import CommitLock
 
-__all__ = ["ACTIVE_POINTER_KEY", "DEFAULT_CATALOG_PREFIX", "Context", "open_catalog"]
+__all__ = [
+    "ACTIVE_POINTER_KEY",
+    "COMMIT_LOCK_TTL_S",
+    "COMMIT_LOCK_WAIT_S",
+    "DEFAULT_CATALOG_PREFIX",
+    "Context",
+    "commit_lock",
+    "open_catalog",
+]
+
+log = get_logger("ursa.catalog")
 
 #: Where the catalog pointer lives in the assets bucket.
 ACTIVE_POINTER_KEY = "ursa/ACTIVE.json"
 DEFAULT_CATALOG_PREFIX = "ursa/catalog/main"
 _CATALOG_PREFIX_RE = re.compile(r"^ursa/catalog/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+#: How long the catalog's commit lock holds without its holder. A check-and-commit takes
+#: well under a second to a few seconds (a drain's batch at a million rows); a holder killed
+#: on this host is replaced at once, on another host after this.
+COMMIT_LOCK_TTL_S = 60.0
+#: How long a writer waits for the commit lock before its registration fails (and is retried
+#: later, like any failed session): past the budget of a holder that died elsewhere.
+COMMIT_LOCK_WAIT_S = COMMIT_LOCK_TTL_S + 60.0
+
+
+def commit_lock(store: Store, prefix: str, *, ttl_s: float = COMMIT_LOCK_TTL_S,
+                wait_s: float = COMMIT_LOCK_WAIT_S) -> CommitLock:
+    """The catalog's commit lock: the lease ``<prefix>.commit.lock`` in the assets bucket
+    (:mod:`ursa_daemon.store.lease`), beside the catalog, not in it. Every writer of the
+    catalog takes it around its check-and-commit (:mod:`ursa_daemon.catalog.writes` says why)."""
+    key = f"{prefix}.commit.lock"
+
+    @contextlib.contextmanager
+    def held() -> Iterator[Lease]:
+        lease = Lease(store, key, f"{prefix}.commit.takeover/", ttl_s)
+        current = lease.take(wait_s=wait_s)
+        if lease.took_over is not None:
+            log.warning("catalog.commit_lock_taken_over", holder=lease.took_over.holder)
+        if current is not None:
+            raise CatalogError(
+                f"the catalog's commit lock {store.uri(key)} has been held by {current.holder} for over "
+                f"{wait_s:.0f} s; nothing was written (the session is retried later). If that writer is gone, "
+                f"the lock expires by itself; deleting {key} by hand is safe only when no writer is running"
+            )
+        try:
+            yield lease
+        finally:
+            try:
+                lease.give_back()
+            except StoreError as exc:  # it expires by itself; the commit's outcome stands
+                log.warning("catalog.commit_lock_release_failed", error=str(exc))
+
+    return held
 
 
 def open_catalog(profile: LocalProfile | S3Profile, role: Role | str) -> Catalog:
@@ -58,12 +111,14 @@ def open_catalog(profile: LocalProfile | S3Profile, role: Role | str) -> Catalog
     except StorePermissionError:
         raise CatalogPermissionError(f"open the catalog pointer {ACTIVE_POINTER_KEY}", role.value) from None
     if isinstance(profile, LocalProfile):  # one handle serves reads and writes
-        return Catalog.open(str(Path(profile.root) / "assets" / prefix))
+        return Catalog.open(str(Path(profile.root) / "assets" / prefix), commit_lock=commit_lock(store, prefix))
     creds = resolve_credentials(profile, role)
+    writable = role is Role.ASSETS_RW
     return Catalog.open(
         f"s3://{profile.assets_bucket}/{prefix}",
         storage_options=lance_storage_options(profile, creds),
-        writable=role is Role.ASSETS_RW,
+        writable=writable,
+        commit_lock=commit_lock(store, prefix) if writable else None,
     )
 
 
