@@ -32,6 +32,7 @@ from ursa_daemon.catalog.lance import (
     redact,
 )
 from ursa_daemon.catalog.queries import IN_PUSHDOWN_MAX, chunks, in_list, sql_and, sql_literal
+from ursa_daemon.catalog.rows import one_per_key
 from ursa_daemon.catalog.schema import SPECS, TABLE_NAMES, TableSpec, from_arrow
 from ursa_daemon.errors import CatalogError, WritesNotEnabled
 
@@ -314,7 +315,7 @@ class CatalogCore:
         result = self._scan(spec, where, limit=limit, order_by=order)
         if order is None and result.num_rows > 1:
             result = result.sort_by([(c, "ascending") for c in spec.pk])
-        return from_arrow(spec, result)
+        return one_per_key(from_arrow(spec, result))
 
     def _get(self, spec: TableSpec, **key: Any) -> Any:
         rows = self._rows(spec, sql_and(f"{c} = {sql_literal(key[c])}" for c in spec.pk))
@@ -340,7 +341,7 @@ class CatalogCore:
         firsts = sorted({k[0] for k in wanted})
         found: dict[tuple[Any, ...], Any] = {}
         for table in self._scan_in(spec, spec.pk[0], firsts):
-            for row in from_arrow(spec, table):
+            for row in one_per_key(from_arrow(spec, table)):
                 key = row.primary_key()
                 if key in wanted:
                     found[key] = row

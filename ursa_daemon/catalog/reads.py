@@ -38,6 +38,7 @@ from ursa_daemon.catalog.rows import (
     RecordingRow,
     VirgoAssetRow,
     canonical_dict,
+    one_per_key,
 )
 from ursa_daemon.catalog.schema import SPECS, from_arrow
 
@@ -207,11 +208,13 @@ class CatalogReads(CatalogCore):
             return recs, mods
 
         recs, mods = self._run(both(), "read recordings")
-        rows: list[RecordingRow] = from_arrow(r_spec, recs)
+        rows: list[RecordingRow] = one_per_key(from_arrow(r_spec, recs))
         if metadata is not None:
             wanted = canonical_dict(dict(metadata))
             rows = [r for r in rows if metadata_matches(r.metadata, wanted)]
-        mod_rows: list[ModalityRow] = from_arrow(m_spec, mods.sort_by([(c, "ascending") for c in m_spec.pk]))
+        mod_rows: list[ModalityRow] = one_per_key(
+            from_arrow(m_spec, mods.sort_by([(c, "ascending") for c in m_spec.pk]))
+        )
         if not rows or (families is not None and not mod_rows):
             return []
         return [(rows[0], mod_rows)]
@@ -240,7 +243,7 @@ class CatalogReads(CatalogCore):
         if candidates is None and metadata is None:
             # One pushed-down query: filter, order and limit all run in Lance.
             found = self._scan(spec, where, limit=limit, order_by=order if limit is not None else None)
-            return list(from_arrow(spec, found.sort_by(sort_keys)))
+            return one_per_key(from_arrow(spec, found.sort_by(sort_keys)))
         # Narrow scan of the keys first, then full rows for the survivors only.
         narrow_cols = [*order, "metadata"] if metadata is not None else order
         keys = self._scan(spec, where, columns=narrow_cols)
@@ -253,7 +256,7 @@ class CatalogReads(CatalogCore):
         keys = keys.sort_by(sort_keys)
         if limit is not None:
             keys = keys.slice(0, limit)
-        hashes = keys.column("recording_hash").to_pylist()
+        hashes = list(dict.fromkeys(keys.column("recording_hash").to_pylist()))
         rows = self._fetch_by_keys(spec, [(h,) for h in hashes])
         return [rows[(h,)] for h in hashes if (h,) in rows]
 
@@ -266,6 +269,6 @@ class CatalogReads(CatalogCore):
         tables = self._scan_in(spec, "recording_hash", hashes, family_clause)
         grouped: dict[str, list[ModalityRow]] = {}
         for table in tables:
-            for row in from_arrow(spec, table.sort_by([(c, "ascending") for c in spec.pk])):
+            for row in one_per_key(from_arrow(spec, table.sort_by([(c, "ascending") for c in spec.pk]))):
                 grouped.setdefault(row.recording_hash, []).append(row)
         return grouped

@@ -156,6 +156,15 @@ class CatalogRepair(CatalogCore):
             out[name] = int(pc.sum(dup.column("n")).as_py() or 0) - dup.num_rows if dup.num_rows else 0
         return out
 
+    def duplicates_of(self, recording_hash: str) -> dict[str, int]:
+        """Among one recording's rows (``recordings``, ``modalities``), how many beyond one share a key."""
+        out: dict[str, int] = {}
+        for name in ("recordings", "modalities"):
+            spec = SPECS[name]
+            keys = self._scan(spec, f"recording_hash = {sql_literal(recording_hash)}", columns=list(spec.pk))
+            out[name] = keys.num_rows - keys.group_by(list(spec.pk)).aggregate([]).num_rows
+        return out
+
     def repair_duplicates(self, tables: list[str] | None = None) -> list[DuplicateRepair]:
         """Repair every key with more than one row, table by table, under the commit lock."""
         repairs: list[DuplicateRepair] = []

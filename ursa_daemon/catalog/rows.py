@@ -288,6 +288,22 @@ class BenchmarkResultRow(CatalogRow):
 RowT = TypeVar("RowT", bound=CatalogRow)
 
 
+def one_per_key(rows: list[RowT]) -> list[RowT]:
+    """``rows`` with one row per primary key, in their order: of rows sharing a key (a duplicate
+    ``maintain`` has not repaired yet), the earliest registered stands, as the repair keeps it."""
+    if len(rows) < 2:
+        return rows
+    best: dict[tuple[Any, ...], RowT] = {}
+    for row in rows:
+        key = row.primary_key()
+        seen = best.get(key)
+        if seen is None or getattr(row, "registered_at", 0) < getattr(seen, "registered_at", 0):
+            best[key] = row
+    if len(best) == len(rows):
+        return rows
+    return [row for row in rows if best[row.primary_key()] is row]
+
+
 @dataclass(frozen=True)
 class SessionRows:
     """One session's rows for :meth:`Catalog.register_sessions`."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
-from ursa_daemon.cli.common import EXIT_LOCKED, Context, emit_json, errors_to_exit, fail, logs_to_stderr
+from ursa_daemon.cli.common import EXIT_FAILED, EXIT_LOCKED, Context, emit_json, errors_to_exit, fail, logs_to_stderr
 
 __all__ = ["maintain"]
 
@@ -21,7 +23,10 @@ __all__ = ["maintain"]
 @click.pass_obj
 @errors_to_exit
 def maintain(obj: Context, keep_versions_hours: float, as_json: bool) -> None:
-    """Compact the catalog, refresh its indexes, remove old versions: one run at a time.
+    """Repair duplicate keys, compact the catalog, refresh its indexes, remove old versions.
+
+    Exits 1 when rows sharing a primary key differed (a true conflict: the earliest
+    registered stands, the others are logged whole) or could not be repaired.
 
     Holds the lease ursa/maintenance.lease in the assets bucket meanwhile; exits 3
     when another run holds it. Daemons never do this themselves: run it from one
@@ -42,3 +47,21 @@ def maintain(obj: Context, keep_versions_hours: float, as_json: bool) -> None:
     else:
         changed = {t: f"{report.versions_before.get(t, 0)} -> {v}" for t, v in report.versions_after.items()}
         click.echo(f"maintain: done in {report.elapsed_s:.1f}s; table versions {changed}", err=True)
+        found = {t: n for t, n in report.duplicates_found.items() if n}
+        if found:
+            click.echo(
+                f"maintain: rows sharing a primary key {found}: {report.duplicates_removed} removed, "
+                f"{len(report.conflicts)} true conflict(s)",
+                err=True,
+            )
+    for repair in report.conflicts:
+        click.echo(
+            f"maintain: {repair.table} {repair.key}: rows differed in {sorted(k for d in repair.diffs for k in d)}; "
+            "the earliest registered stands, the others are in the log (catalog.duplicate_repaired) and in --json",
+            err=True,
+        )
+    left = {t: n for t, n in report.duplicates_left.items() if n}
+    if left:
+        click.echo(f"maintain: rows still sharing a primary key {left}; run maintain again", err=True)
+    if left or report.conflicts:
+        sys.exit(EXIT_FAILED)

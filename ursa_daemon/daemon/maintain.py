@@ -1,4 +1,5 @@
-"""Catalog maintenance as one job: compaction, index refresh, cleanup of old versions.
+"""Catalog maintenance as one job: duplicate repair, compaction, index refresh, cleanup
+of old versions.
 
 Daemons only append (one small commit per table per session or batch); they never
 compact or re-index, so N rigs never fight over it. ``ursa-daemon maintain`` does it,
@@ -7,7 +8,8 @@ holds the lease ``ursa/maintenance.lease`` in the assets bucket: taken by an ato
 create (``If-None-Match: *`` on S3/R2, an exclusive create on a local store), so two
 ``maintain`` runs (a second machine's timer, an operator by hand) never work at once;
 the loser exits 3 naming the holder. A lease outlives a holder that died by its
-``expires_at`` (the job's time budget); then the next run takes it over, and only one
+``expires_at`` (the job's time budget), or at once when it ran on this host and its
+process is gone (:mod:`ursa_daemon.store.lease`); then the next run takes it over, and only one
 may: it first creates, also atomically, a takeover marker named after that expired
 lease's bytes (``ursa/maintenance.takeover/<sha256>``), and only the run that created
 it deletes the expired lease and takes its own. Two runs that find the same expired
@@ -20,6 +22,15 @@ removed only once it has been superseded for longer than ``keep_versions`` (defa
 24 h, at least 1 h). Readers move to the latest version at least every few seconds
 (``Catalog.open``'s read-consistency interval) and a query lasts seconds, so no
 reader can still need a version superseded that long ago.
+
+Duplicates: first, every table's key column is scanned for keys held by more than one
+row (a writer of an older release, a writer that overran the commit lock, a catalog from
+before it); each is repaired to one row under the commit lock
+(:mod:`ursa_daemon.catalog.repair`: the earliest registered stands, identical or merged by
+the table's policy; a true conflict stands as the earliest too, and the removed rows are
+logged whole at ERROR and returned in the report). Compaction and index updates run
+without the commit lock: they never add rows, and Lance re-runs a writer's commit that
+overlaps them (:mod:`ursa_daemon.catalog.writes`), so a rig never waits for maintenance.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from ursa_daemon.log import get_logger
 from ursa_daemon.store.lease import Lease
 
 if TYPE_CHECKING:
+    from ursa_daemon.catalog.repair import DuplicateRepair
     from ursa_daemon.store import Store
     from ursa_daemon.transfer.context import Context
 
@@ -72,6 +84,19 @@ class MaintainReport:
     elapsed_s: float = 0.0
     versions_before: dict[str, int] = field(default_factory=dict)
     versions_after: dict[str, int] = field(default_factory=dict)
+    #: per table, rows beyond one that shared a primary key before the repair
+    duplicates_found: dict[str, int] = field(default_factory=dict)
+    #: per table, those left after it (0 unless the repair failed)
+    duplicates_left: dict[str, int] = field(default_factory=dict)
+    repairs: list[DuplicateRepair] = field(default_factory=list)
+
+    @property
+    def duplicates_removed(self) -> int:
+        return sum(len(r.removed) for r in self.repairs)
+
+    @property
+    def conflicts(self) -> list[DuplicateRepair]:
+        return [r for r in self.repairs if r.how == "conflict"]
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -80,7 +105,18 @@ class MaintainReport:
             "elapsed_s": round(self.elapsed_s, 3),
             "versions_before": self.versions_before,
             "versions_after": self.versions_after,
+            "duplicates_found": self.duplicates_found,
+            "duplicates_removed": self.duplicates_removed,
+            "duplicates_left": self.duplicates_left,
+            "conflicts": len(self.conflicts),
+            "repairs": [r.as_json() for r in self.repairs],
         }
+
+
+def _log_repair(repair: DuplicateRepair) -> None:
+    from ursa_daemon.catalog.repair import log_repair
+
+    log_repair(repair, after="maintain")
 
 
 def maintain(
@@ -108,7 +144,13 @@ def maintain(
         catalog.refresh()
         report.versions_before = catalog.table_versions()
         log.info("catalog.maintenance_started", holder=holder)
+        report.duplicates_found = catalog.count_duplicates()
+        if any(report.duplicates_found.values()):
+            report.repairs = catalog.repair_duplicates([t for t, n in report.duplicates_found.items() if n])
+            for repair in report.repairs:
+                _log_repair(repair)
         catalog.optimize(keep_versions=keep_versions)
+        report.duplicates_left = catalog.count_duplicates() if report.repairs else dict(report.duplicates_found)
         report.versions_after = catalog.table_versions()
     finally:
         _give_back(store, holder)

@@ -76,7 +76,10 @@ def commit_lock(store: Store, prefix: str, *, ttl_s: float = COMMIT_LOCK_TTL_S,
     @contextlib.contextmanager
     def held() -> Iterator[Lease]:
         lease = Lease(store, key, f"{prefix}.commit.takeover/", ttl_s)
-        current = lease.take(wait_s=wait_s)
+        try:
+            current = lease.take(wait_s=wait_s)
+        except StorePermissionError:
+            raise CatalogPermissionError(f"take the catalog's commit lock {key}", Role.ASSETS_RW.value) from None
         if lease.took_over is not None:
             log.warning("catalog.commit_lock_taken_over", holder=lease.took_over.holder)
         if current is not None:

@@ -50,7 +50,7 @@ class Problem:
     """One object that is not as the manifest says."""
 
     key: str
-    problem: Literal["missing", "size", "sha256", "manifest"]
+    problem: Literal["missing", "size", "sha256", "manifest", "duplicate"]
     expected: str | int | None = None
     actual: str | int | None = None
 
@@ -59,6 +59,11 @@ class Problem:
             return f"{self.key}: missing from the store"
         if self.problem == "manifest":
             return f"{self.key}: {self.expected}"
+        if self.problem == "duplicate":
+            return (
+                f"{self.key}: {self.actual} row(s) share a primary key with another row of this recording "
+                "(one per key is the rule); `ursa-daemon maintain` repairs them"
+            )
         return f"{self.key}: {self.problem} is {self.actual}, the manifest says {self.expected}"
 
     def as_json(self) -> dict[str, Any]:
@@ -87,6 +92,7 @@ class VerifyReport:
             "files_checked": self.files_checked,
             "bytes_checked": self.bytes_checked,
             "problems": [p.as_json() for p in self.problems],
+            "duplicate_rows": sum(int(p.actual or 0) for p in self.problems if p.problem == "duplicate"),
         }
 
 
@@ -163,12 +169,19 @@ def _uncovered(data: Context, qr: QueryResult, files: Sequence[_Expected]) -> li
     return problems
 
 
+def _duplicates(data: Context, qr: QueryResult) -> list[Problem]:
+    """Catalog rows of this recording that share a primary key (``maintain`` repairs them)."""
+    extra = data.catalog.duplicates_of(qr.recording_hash)
+    return [Problem(f"catalog {table}", "duplicate", 0, n) for table, n in extra.items() if n]
+
+
 def _verify_one(
     data: Context, qr: QueryResult, store: Store, *, deep: bool, concurrency: int, retry: RetryPolicy
 ) -> VerifyReport:
     where, doc = _manifest(store, qr.rec_id, retry)
     files, problems = _expected(qr.rec_id, where, doc)
     problems += _uncovered(data, qr, files)
+    problems += _duplicates(data, qr)
     if where.endswith(MANIFEST_NAME) and not problems:  # (a dual-node late half keeps the first hash)
         rh = recording_hash(f.sha256 for f in files)
         if rh != qr.recording_hash:
