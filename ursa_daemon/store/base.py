@@ -20,6 +20,7 @@ __all__ = [
     "CompletedPart",
     "MultipartRecord",
     "MultipartStore",
+    "MultipartUpload",
     "ObjectMeta",
     "ObjectReader",
     "PartInfo",
@@ -158,6 +159,19 @@ class MultipartRecord:
 
 
 @dataclass(frozen=True)
+class MultipartUpload:
+    """An incomplete multipart upload as the server lists it (ListMultipartUploads)."""
+
+    key: str
+    upload_id: str
+    #: when the server says it was created; None when it did not say or the value did not parse
+    initiated: datetime | None = None
+    #: the server's clock when it listed it (its ``Date`` header), to age ``initiated`` by the
+    #: server's own clock rather than a rig's; None when the answer had none
+    listed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class PartRecord:
     """One part the server confirmed: 1-based number, size, ETag and the checksum of its bytes
     (``crc32c:<8 hex>``; kept in the ``parts.sha256`` column, named when parts carried a sha256)."""
@@ -213,6 +227,6 @@ class MultipartStore(Protocol):
         """Drop the upload and its parts; an id the server no longer knows is not an error."""
         ...
 
-    def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
-        """``(key, upload_id)`` of every incomplete multipart upload under ``prefix``."""
+    def list_multipart(self, prefix: str) -> list[MultipartUpload]:
+        """Every incomplete multipart upload under ``prefix`` (anyone's), with when it was initiated."""
         ...

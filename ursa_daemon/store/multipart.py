@@ -30,6 +30,11 @@ How a request is sent:
   transient errors (botocore ``standard`` mode); data calls (parts, PUTs) try
   once, because their caller retries with a backoff it can cancel.
 
+ListMultipartUploads returns each upload's ``Initiated`` time and the server's
+``Date`` (:class:`~ursa_daemon.store.base.MultipartUpload`), so a caller can age
+an upload by the server's clock; a timestamp the server garbles parses to None
+(the clients' timestamp parser is lenient) instead of failing the call.
+
 boto3 is imported on the first call, so processes that never upload a large
 file do not pay for it. Secrets are only in the client's credential object;
 every message is redacted with :func:`~ursa_daemon.store._errors.redact`.
@@ -38,10 +43,12 @@ every message is redacted with :func:`~ursa_daemon.store._errors.redact`.
 from __future__ import annotations
 
 import base64
+import email.utils
 import socket
 import struct
 import threading
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from ursa_daemon.errors import (
@@ -53,7 +60,7 @@ from ursa_daemon.errors import (
     UploadGone,
 )
 from ursa_daemon.store._errors import redact
-from ursa_daemon.store.base import CompletedPart, PartInfo, StreamBody
+from ursa_daemon.store.base import CompletedPart, MultipartUpload, PartInfo, StreamBody
 
 __all__ = ["BotoMultipart", "b64_crc32c", "b64_sha256"]
 
@@ -91,9 +98,14 @@ def _make_clients(
     read_timeout: float,
 ) -> tuple[Any, Any]:
     import boto3
+    import botocore.session
     from botocore.config import Config
 
+    core = botocore.session.get_session()
+    # a timestamp the server garbles (ListMultipartUploads' Initiated) is None, not a failed call
+    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_lenient_timestamp)
     session = boto3.session.Session(
+        botocore_session=core,
         aws_access_key_id=access_key_id,
         aws_secret_access_key=secret_access_key,
         aws_session_token=session_token,
@@ -118,6 +130,34 @@ def _make_clients(
     _reset_on_close(data)
     _send_blocks(data)
     return control, data
+
+
+def _lenient_timestamp(value: Any) -> datetime | None:
+    """botocore's timestamp parser, but None for a value it cannot parse (it would raise)."""
+    from botocore.utils import parse_timestamp
+
+    try:
+        return parse_timestamp(value)  # type: ignore[no-any-return]
+    except (ValueError, TypeError, OverflowError, RuntimeError):
+        return None
+
+
+def _aware(value: object) -> datetime | None:
+    """``value`` as a timezone-aware datetime (a naive one is taken as UTC); None if it is none."""
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _server_date(resp: dict[str, Any]) -> datetime | None:
+    """The ``Date`` header of a botocore response: the server's clock when it answered."""
+    header = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    if not isinstance(header, str):
+        return None
+    try:
+        return _aware(email.utils.parsedate_to_datetime(header))
+    except (ValueError, TypeError, IndexError):
+        return None
 
 
 #: bytes http.client asks a request body for per read: botocore's 128 KiB cost ~5 % more client
@@ -269,14 +309,18 @@ class BotoMultipart:
         except UploadGone:
             pass
 
-    def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
+    def list_multipart(self, prefix: str) -> list[MultipartUpload]:
         control, _ = self._clients()
-        out: list[tuple[str, str]] = []
+        out: list[MultipartUpload] = []
         args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
         while True:
             with self._translating("list multipart uploads", prefix):
                 resp = control.list_multipart_uploads(**args)
-            out.extend((str(u["Key"]), str(u["UploadId"])) for u in resp.get("Uploads", []))
+            listed_at = _server_date(resp)
+            out.extend(
+                MultipartUpload(str(u["Key"]), str(u["UploadId"]), _aware(u.get("Initiated")), listed_at)
+                for u in resp.get("Uploads", [])
+            )
             if not resp.get("IsTruncated"):
                 return out
             args["KeyMarker"], args["UploadIdMarker"] = resp.get("NextKeyMarker"), resp.get("NextUploadIdMarker")

@@ -35,7 +35,7 @@ import obstore
 from obstore.store import S3Store as _ObS3Store
 
 from ursa_daemon.store._common import ObstoreBackend, check_key
-from ursa_daemon.store.base import BucketKind, CompletedPart, PartInfo, StreamBody
+from ursa_daemon.store.base import BucketKind, CompletedPart, MultipartUpload, PartInfo, StreamBody
 from ursa_daemon.store.multipart import BotoMultipart
 
 if TYPE_CHECKING:
@@ -223,7 +223,7 @@ class S3Store(ObstoreBackend):
     def abort_multipart(self, key: str, upload_id: str) -> None:
         self._parts.abort_multipart(check_key(key), upload_id)
 
-    def list_multipart(self, prefix: str) -> list[tuple[str, str]]:
+    def list_multipart(self, prefix: str) -> list[MultipartUpload]:
         return self._parts.list_multipart(check_key(prefix, prefix=True))
 
     def uri(self, key: str) -> str:

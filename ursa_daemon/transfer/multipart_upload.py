@@ -6,6 +6,13 @@ SIGKILL or a reboot, lists the server's parts and sends only the missing ones
 of the same upload; a part the server holds that the journal missed (killed
 between the two) is proven by its MD5 ETag; an upload the server forgot
 starts again from zero.
+
+An upload can also vanish while it is being sent or completed (``UploadGone``):
+another writer aborted it, or it expired. That is not a failure of the file: if
+the object is now in the store with the file's size and sha256 (a peer sending
+the same session completed it, or our own completion went through and only its
+answer was lost) the file is done; otherwise a fresh upload of the file starts
+at once, up to :data:`MAX_UPLOAD_RESTARTS` times.
 """
 
 from __future__ import annotations
@@ -17,18 +24,21 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Protocol
 
-from ursa_daemon.errors import InputError, StoreError, UploadGone
+from ursa_daemon.errors import InputError, ObjectNotFound, StoreError, UploadGone
 from ursa_daemon.log import get_logger
-from ursa_daemon.store.base import CompletedPart, MultipartRecord, PartInfo, PartRecord
+from ursa_daemon.store.base import CompletedPart, MultipartRecord, PartInfo, PartRecord, Store
 from ursa_daemon.store.multipart import b64_crc32c
 from ursa_daemon.transfer.body import FileRegion, UploadInterrupted, _crc32c_extend
 from ursa_daemon.transfer.request import FileJob
 
-__all__ = ["Multipart", "UploadJournal"]
+__all__ = ["MAX_UPLOAD_RESTARTS", "Multipart", "UploadJournal"]
 
 log = get_logger("ursa.upload")
 
 _HASH_READ = 1 << 20
+#: fresh uploads of one file after its upload vanished mid-way (aborted by another writer),
+#: before the ``UploadGone`` is raised
+MAX_UPLOAD_RESTARTS = 3
 
 
 class UploadJournal(Protocol):
@@ -109,18 +119,55 @@ class Multipart:
         fd = job.open()
         try:
             self._begin()
-            try:
-                parts = self._send_all(fd)
-                self._complete(parts)
-            except (InputError, UploadGone):
-                self._abandon()
-                raise
-            except UploadInterrupted:
-                if self.journal is None:  # nobody could continue it: do not leave it on the server
+            restarts = 0
+            while True:
+                try:
+                    parts = self._send_all(fd)
+                    self._complete(parts)
+                    return
+                except UploadGone as exc:
+                    if self._gone(exc, restarts):
+                        return
+                    restarts += 1
+                except InputError:
                     self._abandon()
-                raise
+                    raise
+                except UploadInterrupted:
+                    if self.journal is None:  # nobody could continue it: do not leave it on the server
+                        self._abandon()
+                    raise
         finally:
             os.close(fd)
+
+    def _gone(self, exc: UploadGone, restarts: int) -> bool:
+        """The upload vanished while being sent or completed (another writer aborted it, or it
+        expired): True if the object is now in the store with this file's size and sha256 (a
+        peer completed it, or our completion's answer was lost); else a fresh upload is started
+        (False), or ``exc`` raised once :data:`MAX_UPLOAD_RESTARTS` were."""
+        job = self.job
+        log.info("upload.multipart_gone", rec_id=job.rec_id, key=job.key, upload_id=self.upload_id)
+        if self.journal is not None:
+            self.journal.forget_multipart(self.upload_id)
+        self.upload_id = ""
+        self.recorded, self.unrecorded = {}, {}
+        if self._in_store():
+            return True
+        if restarts >= MAX_UPLOAD_RESTARTS:
+            raise exc
+        self._create()
+        return False
+
+    def _in_store(self) -> bool:
+        """The object is in the store with this file's size and sha256 (user metadata)."""
+        job = self.job
+        store = job.store
+        if not isinstance(store, Store) or not job.entry.sha256:
+            return False
+        try:
+            meta = store.head(job.key)
+        except ObjectNotFound:
+            return False
+        return meta.size == job.entry.size and meta.sha256 == job.entry.sha256
 
     # -- the upload id ---------------------------------------------------------
 
@@ -230,6 +277,8 @@ class Multipart:
                 pending.add(pool.submit(self._send_part, fd, n, offset, size, crc))
             finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
             collect(finished)
+        except UploadGone:
+            raise  # not the session's end (see ``run``): the other lanes finish the part they send
         except BaseException:
             job.cancel.set()  # the other lanes stop at their next slice; the session stops anyway
             raise
