@@ -13,7 +13,9 @@ Callers catch the most specific class they can act on::
     │   ├── ObjectMismatch          an object's size or sha256 is not what was uploaded
     │   └── UploadGone              the server no longer knows a multipart upload id
     ├── CatalogError                LanceDB catalog failure
+    │   ├── CatalogPermissionError  the store refused a catalog read or write (names the role)
     │   ├── CatalogRowExists        a differing row holds the primary key; carries a diff
+    │   ├── RecordingIdTaken        a recording of the rec_id is registered under another hash
     │   └── WritesNotEnabled        register_* before enable_writes()
     ├── StateError                  the SQLite resume state
     │   └── StateLocked             another process holds the state lock (exit code 3)
@@ -31,6 +33,7 @@ __all__ = [
     "CatalogError",
     "CatalogPermissionError",
     "CatalogRowExists",
+    "RecordingIdTaken",
     "ChecksumMismatch",
     "ConfigError",
     "CredentialError",
@@ -123,6 +126,17 @@ class CatalogPermissionError(CatalogError, PermissionError):
             f"{need} access to the assets bucket (profiles.<profile>.credentials.{role} in the config), "
             "then run `ursa-daemon check-config`"
         )
+
+
+class RecordingIdTaken(CatalogError):
+    """``register_session(..., one_per_rec_id=True)``: the catalog already holds a recording of
+    this ``rec_id`` under another ``recording_hash`` (the other half of a dual-node session
+    registered first); ``recording_hash`` is that recording's."""
+
+    def __init__(self, rec_id: str, recording_hash: str) -> None:
+        super().__init__(f"{rec_id} is already registered as recording_hash {recording_hash[:12]}…")
+        self.rec_id = rec_id
+        self.recording_hash = recording_hash
 
 
 class CatalogRowExists(CatalogError):

@@ -84,7 +84,7 @@ from ursa_daemon.catalog.rows import (
     VirgoAssetRow,
 )
 from ursa_daemon.catalog.schema import SPECS, TableSpec, derived_key, to_arrow
-from ursa_daemon.errors import CatalogError, CatalogRowExists
+from ursa_daemon.errors import CatalogError, CatalogRowExists, RecordingIdTaken
 
 
 def _test_crash_point(table: str) -> None:
@@ -263,12 +263,17 @@ class CatalogWrites(CatalogRepair):
         on_conflict_recording: RecordingConflict = "error",
         on_conflict_modality: ModalityConflict = "error",
         on_conflict_participant: ParticipantConflict = "error",
+        one_per_rec_id: bool = False,
     ) -> RecordingRow:
         """Register one session's rows: every check first, then one commit per changed table.
 
         Commits go participants → modalities → recordings; the recording row comes
         last because it is what makes the session visible. An identical re-register
         commits nothing. Returns the stored recording row.
+
+        ``one_per_rec_id``: a recording of the same ``rec_id`` under another hash, found
+        under the commit lock, raises :class:`RecordingIdTaken` (both halves of a dual-node
+        session register one recording, whoever is first).
         """
         check_policy("recordings", on_conflict_recording)
         check_policy("modalities", on_conflict_modality)
@@ -277,6 +282,8 @@ class CatalogWrites(CatalogRepair):
         p_spec, m_spec, r_spec = SPECS["participants"], SPECS["modalities"], SPECS["recordings"]
         with self._exclusive() as held:
             self._refresh(p_spec, m_spec, r_spec)
+            if one_per_rec_id:
+                self._require_rec_id_free(recording)
             p_write, _ = self._plan(p_spec, participants, on_conflict_participant)
             self._require_participants(recording, participants)
             m_write, _ = self._plan(m_spec, modalities, on_conflict_modality)
@@ -354,6 +361,13 @@ class CatalogWrites(CatalogRepair):
                 if note_commit(self._uri) == self._seen_commits + 1:
                     self._seen_commits += 1
         return True
+
+    def _require_rec_id_free(self, recording: RecordingRow) -> None:
+        """No recording of ``recording.rec_id`` under another hash (see ``one_per_rec_id``)."""
+        r_spec = SPECS["recordings"]
+        for other in self._rows(r_spec, f"rec_id = {sql_literal(recording.rec_id)}"):
+            if other.recording_hash != recording.recording_hash:
+                raise RecordingIdTaken(other.rec_id, other.recording_hash)
 
     def _require_participants(self, recording: RecordingRow, passed: Sequence[ParticipantRow]) -> None:
         """Every participant of ``recording`` is passed along or already registered."""

@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from ursa_daemon.catalog import ModalityRow, RecordingRow, SessionRows
-from ursa_daemon.errors import InputError, NodesPending, ObjectNotFound
+from ursa_daemon.errors import InputError, NodesPending, ObjectNotFound, RecordingIdTaken
 from ursa_daemon.log import get_logger
 from ursa_daemon.session import (
     MANIFEST_NAME,
@@ -71,10 +71,11 @@ def _load_store_json(store: Store, key: str, rec_id: str) -> dict[str, Any]:
         ) from None
 
 
-def _store_manifest(store: Store, rec_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The session manifest in the store, and the node manifests it was merged from (if any)."""
+def _store_manifest(store: Store, rec_id: str) -> tuple[dict[str, Any], list[dict[str, Any]], set[str]]:
+    """The session manifest in the store, the node manifests it was merged from (if any) and
+    those nodes' names: one listing, so the node check and the union see the same nodes."""
     try:
-        return _load_store_json(store, rel_key(rec_id, MANIFEST_NAME), rec_id), []
+        return _load_store_json(store, rel_key(rec_id, MANIFEST_NAME), rec_id), [], set()
     except ObjectNotFound:
         pass
     prefix = rel_key(rec_id, NODE_MANIFEST_DIR) + "/"
@@ -88,7 +89,7 @@ def _store_manifest(store: Store, rec_id: str) -> tuple[dict[str, Any], list[dic
             file=MANIFEST_NAME,
         )
     nodes = [_load_store_json(store, k, rec_id) for k in keys]
-    return merge_node_manifests(nodes, rec_id), nodes
+    return merge_node_manifests(nodes, rec_id), nodes, {PurePosixPath(k).stem for k in keys}
 
 
 def _augmented_files(doc: dict[str, Any], rec_id: str, src: str) -> list[FileEntry]:
@@ -128,14 +129,14 @@ def register_from_store(
     """
     _check_rec_id(rec_id)
     raw = data.store("raw_ro")
-    doc, nodes = _store_manifest(raw, rec_id)
+    doc, nodes, hosts = _store_manifest(raw, rec_id)
     src = MANIFEST_NAME if not nodes else NODE_MANIFEST_DIR
     validate_manifest(doc, rec_id, src)
     files = _augmented_files(doc, rec_id, src)
     found = _registered(data, rec_id) if nodes else None
     existing = found[0] if found else None
     if nodes and existing is None and not allow_partial:
-        _check_nodes(raw, rec_id, doc)
+        _check_nodes(rec_id, doc, hosts)
     _check_objects(raw, rec_id, files, confirmed)
     rh = recording_hash(f.sha256 for f in files if f.sha256)
     if not nodes and doc.get("recording_hash") not in (None, rh):
@@ -152,7 +153,15 @@ def register_from_store(
     if found is not None and found[0].recording_hash != rh:
         recording = _add_late_half(data, *found, span, files, doc, participant)
     else:
-        recording = register_session(data, span, files, doc, participant=participant, overwrite=overwrite)
+        try:
+            recording = register_session(
+                data, span, files, doc, participant=participant, overwrite=overwrite, one_per_rec_id=bool(nodes)
+            )
+        except RecordingIdTaken:  # the other half's writer registered the recording meanwhile
+            found = _registered(data, rec_id)
+            if found is None:
+                raise
+            recording = _add_late_half(data, *found, span, files, doc, participant)
     return IngestResult(False, recording, 0, len(files), 0)
 
 
@@ -229,10 +238,11 @@ def _add_late_half(
     return recording
 
 
-def _check_nodes(store: Store, rec_id: str, doc: dict[str, Any]) -> None:
+def _check_nodes(rec_id: str, doc: dict[str, Any], have: set[str]) -> None:
+    """Every node named in ``nodes`` is among ``have``, the node manifests merged into ``doc``
+    (not a second listing: a node that lands in between would pass the check without
+    being in the union, and the recording would be registered over a half)."""
     wanted = [str(n) for n in doc.get("nodes") or []]
-    prefix = rel_key(rec_id, NODE_MANIFEST_DIR) + "/"
-    have = {PurePosixPath(m.key).stem for m in store.list(prefix)}
     missing = [n for n in wanted if n not in have]
     if missing:
         raise NodesPending(

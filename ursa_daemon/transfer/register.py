@@ -183,10 +183,11 @@ def register_session(
     *,
     participant: str | None,
     overwrite: bool = False,
+    one_per_rec_id: bool = False,
 ) -> RecordingRow:
     """Write a session's rows: one commit per table, the recording row last."""
     rows = session_rows(data.profile, span, files, doc, participant=participant)
-    return register_rows(data, rows, overwrite=overwrite)
+    return register_rows(data, rows, overwrite=overwrite, one_per_rec_id=one_per_rec_id)
 
 
 def _policies(overwrite: bool) -> dict[str, Any]:
@@ -196,10 +197,17 @@ def _policies(overwrite: bool) -> dict[str, Any]:
     return {"on_conflict_recording": policy, "on_conflict_modality": policy, "on_conflict_participant": "keep"}
 
 
-def register_rows(data: Context, rows: SessionRows, *, overwrite: bool = False) -> RecordingRow:
-    """Register one session's rows, one commit per changed table."""
+def register_rows(
+    data: Context, rows: SessionRows, *, overwrite: bool = False, one_per_rec_id: bool = False
+) -> RecordingRow:
+    """Register one session's rows, one commit per changed table (``one_per_rec_id``: see
+    :meth:`~ursa_daemon.catalog.writes.CatalogWrites.register_session`)."""
     row = data.write_catalog().register_session(
-        participants=rows.participants, recording=rows.recording, modalities=rows.modalities, **_policies(overwrite)
+        participants=rows.participants,
+        recording=rows.recording,
+        modalities=rows.modalities,
+        one_per_rec_id=one_per_rec_id,
+        **_policies(overwrite),
     )
     log.info("session.registered", rec_id=rows.recording.rec_id, recording_hash=row.recording_hash)
     return row
