@@ -321,3 +321,24 @@ def test_a_lock_of_another_host_is_kept_until_it_expires_then_taken_over(tmp_pat
     assert thread.is_alive() and not out
     thread.join(timeout=60)
     assert out and isinstance(out[0], RecordingRow), out
+
+
+def test_a_dual_node_half_that_finds_its_rec_id_taken_under_the_lock_is_told_which_hash(tmp_path: Path) -> None:
+    """Both halves' writers passed their pre-checks before either committed: the second one's
+    check under the commit lock finds the rec_id taken and names the registered hash."""
+    from ursa_daemon.errors import RecordingIdTaken
+
+    data = _data(tmp_path)
+    cat = data.write_catalog()
+    first = _recording(1)
+    cat.register_session(participants=[], recording=first, modalities=[_modality(1, "eeg")], one_per_rec_id=True)
+    other_half = _recording(2, rec_id=first.rec_id)  # same session, another hash
+    with pytest.raises(RecordingIdTaken) as taken:
+        cat.register_session(participants=[], recording=other_half, modalities=[_modality(2, "camera")],
+                             one_per_rec_id=True)
+    assert taken.value.recording_hash == first.recording_hash and taken.value.rec_id == first.rec_id
+    assert [r.recording_hash for r in cat.list_recordings()] == [first.recording_hash]  # nothing written
+    assert cat.get_modality(other_half.recording_hash, "camera") is None
+    # the same hash again is not "taken": an identical re-register is a no-op
+    assert cat.register_session(participants=[], recording=first, modalities=[_modality(1, "eeg")],
+                                one_per_rec_id=True) == first
