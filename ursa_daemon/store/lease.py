@@ -79,7 +79,8 @@ class LeaseState:
             return False
         try:
             proc = psutil.Process(self.pid)
-            return abs(proc.create_time() - self.started) > 1.0 or proc.status() == psutil.STATUS_ZOMBIE
+            started: float = proc.create_time()
+            return abs(started - self.started) > 1.0 or bool(proc.status() == psutil.STATUS_ZOMBIE)
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             return True
         except psutil.Error:  # access denied and the like: not provably dead
@@ -91,7 +92,8 @@ class LeaseState:
 
 def _own_start() -> float:
     try:
-        return psutil.Process(os.getpid()).create_time()
+        started: float = psutil.Process(os.getpid()).create_time()
+        return started
     except psutil.Error:
         return 0.0
 
