@@ -47,7 +47,7 @@ from ursa_daemon.log import get_logger
 if TYPE_CHECKING:
     from lancedb.table import AsyncTable
 
-__all__ = ["CatalogRepair", "DuplicateRepair", "log_repair"]
+__all__ = ["CatalogRepair", "DuplicateRepair", "log_repair", "merge_key_of"]
 
 log = get_logger("ursa.catalog")
 
@@ -90,7 +90,8 @@ def log_repair(repair: DuplicateRepair, *, after: str) -> None:
         log.warning("catalog.duplicate_repaired", found_by=after, **doc)
 
 
-def _merge_key(spec: TableSpec, row: CatalogRow) -> tuple[Any, ...]:
+def merge_key_of(spec: TableSpec, row: CatalogRow) -> tuple[Any, ...]:
+    """``row``'s value of ``spec.merge_on`` (the derived key where the table has one)."""
     return (derived_key(row),) if spec.merge_key else row.primary_key()
 
 
@@ -216,7 +217,7 @@ class CatalogRepair(CatalogCore):
             got = self._run(scan(in_list(first, chunk)), f"read {spec.name}")
             rowids = got.column("_rowid").to_pylist()
             for row, rowid in zip(from_arrow(spec, got.drop_columns(["_rowid"])), rowids, strict=True):
-                key = _merge_key(spec, row)
+                key = merge_key_of(spec, row)
                 if key in wanted:
                     found.setdefault(key, []).append((row, rowid))
         return found

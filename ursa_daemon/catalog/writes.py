@@ -65,7 +65,7 @@ from ursa_daemon.catalog.policies import (
     strict,
 )
 from ursa_daemon.catalog.queries import sql_literal
-from ursa_daemon.catalog.repair import CatalogRepair, log_repair
+from ursa_daemon.catalog.repair import CatalogRepair, log_repair, merge_key_of
 from ursa_daemon.catalog.rows import (
     BenchmarkResultRow,
     BenchmarkSuiteRow,
@@ -83,7 +83,7 @@ from ursa_daemon.catalog.rows import (
     SessionRows,
     VirgoAssetRow,
 )
-from ursa_daemon.catalog.schema import SPECS, TableSpec, derived_key, to_arrow
+from ursa_daemon.catalog.schema import SPECS, TableSpec, to_arrow
 from ursa_daemon.errors import CatalogError, CatalogRowExists, RecordingIdTaken
 
 
@@ -181,7 +181,7 @@ class CatalogWrites(CatalogRepair):
             return
         for write in writes:
             if write.rows:
-                keys = [(derived_key(r),) if write.spec.merge_key else r.primary_key() for r in write.rows]
+                keys = [merge_key_of(write.spec, r) for r in write.rows]
                 for repair in self._dedupe(write.spec, keys):
                     log_repair(repair, after="an overrun commit lock")
 

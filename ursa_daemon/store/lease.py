@@ -29,7 +29,6 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import psutil
@@ -37,11 +36,7 @@ import psutil
 from ursa_daemon.errors import ObjectExists, ObjectNotFound
 from ursa_daemon.store.base import Store
 
-__all__ = ["Lease", "LeaseLost", "LeaseState"]
-
-
-class LeaseLost(Exception):
-    """Internal: the lease could not be taken now (held, or another taker won the takeover)."""
+__all__ = ["Lease", "LeaseState"]
 
 
 @dataclass(frozen=True)
@@ -132,7 +127,7 @@ class Lease:
 
     def try_take(self) -> LeaseState | None:
         """Take the lease now: ``None`` when taken, else the state of the live holder (or of the
-        dead one another taker is taking over, with ``LeaseLost`` semantics folded in)."""
+        dead one another taker is taking over)."""
         for _ in range(2):
             try:
                 self.store.put(self.key, self._body(), content_type="application/json", create_only=True)
@@ -163,28 +158,17 @@ class Lease:
         self.took_over = current
         return True
 
-    def take(
-        self,
-        *,
-        wait_s: float,
-        on_wait: Callable[[LeaseState], None] | None = None,
-        min_sleep_s: float = 0.02,
-        max_sleep_s: float = 0.5,
-    ) -> LeaseState | None:
+    def take(self, *, wait_s: float, min_sleep_s: float = 0.02, max_sleep_s: float = 0.5) -> LeaseState | None:
         """Take the lease, waiting up to ``wait_s`` for its holder to give it back (or to die);
         ``None`` when taken, else the state of the holder that kept it."""
         deadline = time.monotonic() + wait_s
         sleep = min_sleep_s
-        told = False
         while True:
             current = self.try_take()
             if current is None:
                 return None
             if time.monotonic() >= deadline:
                 return current
-            if on_wait is not None and not told:
-                on_wait(current)
-                told = True
             time.sleep(min(sleep * random.uniform(0.5, 1.5), max(0.0, deadline - time.monotonic())))
             sleep = min(max_sleep_s, sleep * 1.6)
 
@@ -203,14 +187,3 @@ class Lease:
         if found is not None and found[1].holder == self.holder:
             with contextlib.suppress(ObjectNotFound):
                 self.store.delete(self.key)
-
-    @contextlib.contextmanager
-    def held(self, *, wait_s: float, on_wait: Callable[[LeaseState], None] | None = None) -> Iterator[Lease]:
-        """``with lease.held(wait_s=...):`` the lease for the block; :class:`LeaseLost` if it could not be taken."""
-        current = self.take(wait_s=wait_s, on_wait=on_wait)
-        if current is not None:
-            raise LeaseLost(current.holder)
-        try:
-            yield self
-        finally:
-            self.give_back()
