@@ -20,6 +20,7 @@ from ursa_daemon.api import DataInterface
 from ursa_daemon.catalog import Catalog
 from ursa_daemon.config import config_from_dict
 from ursa_daemon.daemon import Daemon
+from ursa_daemon.daemon.metrics import METRICS
 from ursa_daemon.daemon.state import SessionState
 
 
@@ -51,15 +52,18 @@ def test_a_bug_in_one_session_fails_only_that_session(local_daemon, monkeypatch:
         return real(data, rec_dir, **kw)
 
     monkeypatch.setattr(ingest_mod, "ingest", buggy)
+    bugs = (METRICS.sample("ursa_internal_errors_total") or 0)
     with capture_logs() as logs:
         summary = daemon.drain([root])
+    assert (METRICS.sample("ursa_internal_errors_total") or 0) == bugs + 1
     assert sorted(summary.registered) == [recs[0].name, recs[2].name]
     assert [f["rec_id"] for f in summary.failed] == [recs[1].name]
     rec = daemon.state.session(recs[1].name)
     assert rec is not None and rec.state is SessionState.FAILED and rec.next_attempt_at
     assert rec.last_error == "KeyError: 'boom\\nsecond line'" and "\n" not in rec.last_error
     traced = [e for e in logs if e["event"] == "session.error" and e.get("rec_id") == recs[1].name]
-    assert traced and traced[0]["log_level"] == "debug" and traced[0].get("exc_info")
+    # a bug is loud: ERROR, with its traceback, and counted
+    assert traced and traced[0]["log_level"] == "error" and traced[0].get("exc_info") and traced[0]["internal"]
 
 
 def test_a_batch_that_breaks_registers_the_others_and_rejects_only_the_bad_one(

@@ -85,7 +85,7 @@ def test_a_kept_partial_is_kept_up_to_its_last_part_whose_crc32c_matches(
     good = min(have, torn if torn is not None else have) // PART * PART
     if have == size and torn is None:
         good = size  # the last part is short: a whole kept file checks out entirely
-    resumed = [e["bytes_done"] for e in logs if e["event"] == "upload.local_resumed"]
+    resumed = [e["bytes_kept"] for e in logs if e["event"] == "upload.local_resumed"]
     assert resumed == ([good] if good else [])
     assert stored(store).read_bytes() == body
 
@@ -102,7 +102,7 @@ def test_a_trusted_file_keeps_the_bytes_of_its_partial_equal_to_the_source(tmp_p
     keep_partial(store, entry, bytes(stale))
     with capture_logs() as logs:
         assert copy(store, rec, entry)
-    assert [e["bytes_done"] for e in logs if e["event"] == "upload.local_resumed"] == [2 << 20]
+    assert [e["bytes_kept"] for e in logs if e["event"] == "upload.local_resumed"] == [2 << 20]
     assert stored(store).read_bytes() == body
 
 

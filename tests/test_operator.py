@@ -157,7 +157,7 @@ def test_signalled_drain_exits_128_plus_signal_and_lists_every_session(tmp_path:
     assert lists(doc) == {recording.name: "incomplete", recs[0].name: "already_registered",
                           recs[1].name: "registered", recs[2].name: "registered"}
     resumed = [e for e in again.log if e["event"] == "upload.local_resumed"]
-    assert [e["bytes_done"] for e in resumed] == [kept]
+    assert [e["bytes_kept"] for e in resumed] == [kept]
     for rec in recs:
         assert (tmp_path / "store" / "raw" / "recordings" / rec.name / "eeg" / "a.bin").read_bytes() == \
             (rec / "eeg" / "a.bin").read_bytes()
@@ -195,19 +195,23 @@ def test_status_shows_the_bytes_of_a_capped_upload_moving(slow_config: Path, tmp
     rec = write_session(tmp_path / "recordings", "rec_20260301_000001_abcd", {"eeg/a.bin": os.urandom(size)})
     drain = Proc(slow_config, "drain", "--json")
     seen: list[int] = []
+    confirmed: list[int] = []
     hashes = set()
     while drain.proc.poll() is None:
         s = status(slow_config).get(rec.name)
         if s is not None and s["state"] == "uploading":
             assert s["bytes_total"] == size and s["files_total"] == 1
-            assert 0 <= s["bytes_done"] <= size
+            assert 0 <= s["bytes_done"] <= s["bytes_done"] + s["bytes_sending"] <= size
             hashes.add(s["recording_hash"])
-            if not seen or s["bytes_done"] != seen[-1]:
-                seen.append(s["bytes_done"])
+            confirmed.append(s["bytes_done"])
+            moved = s["bytes_done"] + s["bytes_sending"]  # confirmed in the store, and on its way
+            if not seen or moved != seen[-1]:
+                seen.append(moved)
     rc, doc = drain.finish()
     assert rc == 0 and doc["registered"] == [rec.name], doc
     moving = [b for b in seen if 0 < b < size]
     assert len(moving) >= 2 and moving == sorted(moving), seen  # the bytes moved, forwards
+    assert confirmed == sorted(confirmed), confirmed  # what the store holds never goes back
     final = status(slow_config)[rec.name]
     assert final["state"] == "registered" and final["bytes_done"] == size and final["files_done"] == 1
     assert hashes == {final["recording_hash"]}

@@ -41,7 +41,7 @@ def test_idle_run_holds_no_catalog_stack_and_sheds_it_after_work(tmp_path: Path)
         assert proc.wait_event(lambda e: e.get("event") == "session.registered"), proc.text()
         # nothing to do for a second: the process image is replaced (the stack was in: it was worked on)
         assert proc.wait_event(lambda e: e.get("event") == "daemon.shed"), proc.text()
-        assert proc.wait_event(lambda e: e.get("event") == "daemon.started"), proc.text()
+        assert proc.wait_event(lambda e: e.get("event") == "daemon.shed_done"), proc.text()  # not daemon.started
         assert proc.proc.poll() is None and proc.proc.pid == pid
         assert catalog_stack_mapped(pid) == []
         # the new image kept the state lock: no second daemon on this state_dir

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
 from ursa_daemon.errors import ConfigError, CredentialError
 from ursa_daemon.log import register_secret
@@ -41,7 +41,9 @@ __all__ = [
     "UploadConfig",
     "WatchConfig",
     "find_config",
+    "is_loopback",
     "load_config",
+    "normalise_rig_id",
     "resolve_credentials",
 ]
 
@@ -203,26 +205,59 @@ class ActivityConfig(_Frozen):
 
 
 class MetricsConfig(_Frozen):
-    """The optional Prometheus endpoint (``/metrics``) of ``run`` and ``drain``; loopback only."""
+    """``/metrics`` of ``run`` and ``drain`` (loopback unless ``allow_remote``), and its node_exporter
+    ``textfile`` written every ``textfile_seconds`` (``daemon/metrics.py``)."""
 
     enabled: bool = False
     port: int = Field(default=9464, ge=1, le=65535)
+    #: the operator's explicit yes to serving ``/metrics`` on a non-loopback address
+    allow_remote: bool = False
     host: str = "127.0.0.1"
+    textfile: Path | None = None
+    textfile_seconds: float = Field(default=15.0, ge=1)
+
+    @field_validator("textfile")
+    @classmethod
+    def _prom_name(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.name.endswith(".prom"):
+            raise ValueError("must end in .prom (node_exporter's textfile collector reads only those), e.g. "
+                             "/var/lib/node_exporter/textfile_collector/ursa.prom")
+        return v
 
     @field_validator("host")
     @classmethod
-    def _loopback(cls, v: str) -> str:
-        import ipaddress
-
-        if v == "localhost":
+    def _exposure(cls, v: str, info: ValidationInfo) -> str:
+        if info.data.get("allow_remote") or is_loopback(v):
             return v
-        try:
-            loopback = ipaddress.ip_address(v).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise ValueError("metrics.host must be a loopback address (127.0.0.1, ::1 or localhost)")
-        return v
+        raise ValueError(
+            "not a loopback address: serving /metrics there lets anyone on that network read this rig's "
+            "session names, counts and byte totals (never a secret). To allow it, set "
+            "metrics.allow_remote: true and firewall the port to the lab's Prometheus; otherwise use "
+            "127.0.0.1, or metrics.textfile for node_exporter's textfile collector"
+        )
+
+
+_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,127}$")
+
+
+def normalise_rig_id(name: str) -> str:
+    """Lowercase; every run of characters an id may not hold becomes ``_``; starts with a letter
+    or digit; at most 128 (SPEC section 4's ids)."""
+    rid = re.sub(r"[^a-z0-9_.-]+", "_", name.lower())
+    rid = re.sub(r"^[^a-z0-9]+", "", rid)[:128]
+    return rid
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback IP address."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Config(_Frozen):
@@ -240,6 +275,8 @@ class Config(_Frozen):
     upload: UploadConfig = UploadConfig()
     activity: ActivityConfig = ActivityConfig()
     metrics: MetricsConfig = MetricsConfig()
+    #: this rig's name in the fleet (``ursa/rigs/<rig_id>.json``); default: the host name, normalised
+    rig_id: str | None = None
     #: the file it was read from (set by ``load_config``)
     source: Path | None = None
 
@@ -249,6 +286,20 @@ class Config(_Frozen):
                 f"profile {self.profile!r} is not an entry of profiles: "
                 f"(have {sorted(self.profiles)})"
             )
+
+    @field_validator("rig_id")
+    @classmethod
+    def _rig_id(cls, v: str | None) -> str | None:
+        if v is not None and not _ID_RE.match(v):
+            raise ValueError(f"must be an id (a-z, 0-9, '_', '.', '-'; starting with a letter or digit; "
+                             f"at most 128), e.g. {normalise_rig_id(v) or 'rig-07'!r}")
+        return v
+
+    @property
+    def rig(self) -> str:
+        """``rig_id``, else this host's name normalised like an id (``Rig-07.lab`` → ``rig-07.lab``)."""
+        import socket
+        return self.rig_id or normalise_rig_id(socket.gethostname()) or "rig"
 
     @property
     def active_profile(self) -> LocalProfile | S3Profile:
@@ -278,7 +329,7 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
     )
 
 
-_PATH_KEYS = (("recordings_root",), ("state_dir",), ("activity", "flag_file"))
+_PATH_KEYS = (("recordings_root",), ("state_dir",), ("activity", "flag_file"), ("metrics", "textfile"))
 
 #: SPEC section 7's values, relative to the config file's directory like every relative path.
 DEFAULT_PATHS = {"recordings_root": "./recordings", "state_dir": "./.ursa/state"}

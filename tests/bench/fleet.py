@@ -14,7 +14,13 @@ point lookup (``query(recording_hash=)``) and participant query latency in a fre
 before and after one final maintenance. The peer is N = 1 in the same run: the latency
 ratios are against it.
 
+First (issue 23), the status phase: ``--status-rigs`` (16) ``run`` processes live for
+``--run-seconds`` while sessions arrive, each keeping ``ursa/rigs/<rig_id>.json``; it reports
+the share of all S3 requests that the status documents were (goal <= 1 %) and the wall time of
+``ursa-daemon fleet --json`` on a laptop with the ``assets_ro`` keys alone (goal <= 1 s).
+
     .venv/bin/python tests/bench/fleet.py [--rigs 1,4,16] [--sessions 8] [--file-kib 64]
+        [--status-rigs 16] [--run-seconds 180] [--rigs 0 for the status phase alone]
 """
 
 from __future__ import annotations
@@ -79,6 +85,18 @@ def refused_puts(metrics_port: int, bucket: str) -> int:
         text = r.read().decode()
     pat = re.compile(r'^SeaweedFS_s3_request_total\{bucket="' + re.escape(bucket) + r'",code="412",type="PUT"\} (\S+)$')
     return sum(int(float(m.group(1))) for line in text.splitlines() if (m := pat.match(line)))
+
+
+def requests(metrics_port: int, buckets: tuple[str, ...]) -> int:
+    """Every S3 request SeaweedFS answered for ``buckets`` (all types, all codes)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    total = 0
+    for line in text.splitlines():
+        m = re.match(r'^SeaweedFS_s3_request_total\{bucket="([^"]*)",.*\} (\S+)$', line)
+        if m and m.group(1) in buckets:
+            total += int(float(m.group(2)))
+    return total
 
 
 def ts(event: dict[str, Any]) -> float:
@@ -294,25 +312,119 @@ def run_fleet(
     }
 
 
+def status_phase(weed: Any, metrics_port: int, args: argparse.Namespace, harness: Any, work: Path) -> dict[str, Any]:
+    """16 rigs' ``run`` for ``--run-seconds`` with sessions arriving, each keeping its status document;
+    then what the documents cost in requests, and how fast ``fleet`` reads them with ``assets_ro`` alone."""
+    raw, assets = weed.create_buckets()
+    creds = weed.credentials_env()
+    env = {**os.environ, **creds, "URSA_LOG_LEVEL": "INFO"}
+    os.environ.update(creds)
+    rng = random.Random(16)
+    rigs = []
+    for k in range(args.status_rigs):
+        rig = work / "status" / f"rig{k:02d}"
+        doc = s3_config_dict(weed.endpoint, raw, assets, rig)
+        doc["rig_id"] = f"rig-{k:02d}"
+        doc["watch"] = {"settle_seconds": 0, "rescan_seconds": 2}
+        doc["activity"] = {"quiet_seconds": 0}
+        (rig / "recordings").mkdir(parents=True)
+        cfg = rig / "config.yaml"
+        cfg.write_text(yaml.safe_dump(doc))
+        rigs.append((rig, cfg))
+
+    def new_session(rig: Path, n: int) -> None:
+        rec_id = f"rec_20261201_{n:06d}_{rng.getrandbits(16):04x}"
+        files = {"eeg/data.bin": rng.randbytes(args.file_kib * 1024), "camera/frames.bin": rng.randbytes(4096)}
+        harness.write_session(rig / "recordings", rec_id, files, participant=rng.choice(PARTICIPANTS))
+
+    from ursa_daemon.api import DataInterface
+    from ursa_daemon.config import config_from_dict
+
+    DataInterface(config=config_from_dict(yaml.safe_load(rigs[0][1].read_text()), base_dir=rigs[0][0])).enable_writes(
+        roles=("assets_rw",))
+    before = requests(metrics_port, (raw, assets))
+    procs = [cli(cfg, "run", env=env) for _, cfg in rigs]
+    t0 = time.monotonic()
+    n = 0
+    while time.monotonic() - t0 < args.run_seconds:
+        rig, _ = rigs[n % len(rigs)]
+        new_session(rig, n)
+        n += 1
+        time.sleep(args.run_seconds / max(1, args.status_sessions))
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        p.communicate(timeout=120)
+    total = requests(metrics_port, (raw, assets))
+    # the laptop: the read-only identity alone
+    laptop = {**os.environ, **{k: v for k, v in creds.items() if k.startswith("URSA_ASSETS_RO_")}}
+    for k in creds:
+        if not k.startswith("URSA_ASSETS_RO_"):
+            laptop.pop(k, None)
+    walls, docs = [], None
+    for _ in range(args.fleet_runs):
+        t = time.monotonic()
+        p = cli(rigs[0][1], "fleet", "--json", env=laptop)
+        out, err = p.communicate(timeout=120)
+        walls.append(time.monotonic() - t)
+        assert p.returncode == 0, err[-2000:]
+        docs = json.loads(out)["rigs"]
+    assert docs is not None and len(docs) == len(rigs), docs
+    status_writes = sum(int(d.get("status_writes") or 0) for d in docs)
+    registered = sum(int(d["counts"].get("registered", 0)) for d in docs)
+    total_requests = total - before
+    return {
+        "rigs": len(rigs),
+        "run_seconds": args.run_seconds,
+        "sessions_registered": registered,
+        "sessions_written": n,
+        "requests_total": total_requests,
+        "status_writes": status_writes,
+        "status_share_pct": round(100 * status_writes / max(1, total_requests), 2),
+        "fleet_wall_p50_s": round(percentile(walls, 50), 3),
+        "fleet_wall_max_s": round(max(walls), 3),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rigs", default="1,4,16", help="comma-separated N")
     ap.add_argument("--sessions", type=int, default=8, help="sessions per rig")
     ap.add_argument("--file-kib", type=int, default=64, help="two files of this size per session")
     ap.add_argument("--maintain-every", type=float, default=3.0, help="seconds between maintenance rounds")
+    ap.add_argument("--status-rigs", type=int, default=16, help="rigs of the status phase (0: skip it)")
+    ap.add_argument("--run-seconds", type=float, default=180.0, help="how long the status phase's runs live")
+    ap.add_argument("--status-sessions", type=int, default=90, help="sessions arriving during it")
+    ap.add_argument("--fleet-runs", type=int, default=5, help="`fleet --json` runs timed")
     args = ap.parse_args()
     harness = _load_harness()
     work = Path(tempfile.mkdtemp(prefix="ursa-bench-fleet-"))
     weed, metrics_port = start_weed()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below: no weed left behind
     results = []
+    status: dict[str, Any] | None = None
     try:
-        for n in (int(x) for x in args.rigs.split(",")):
+        if args.status_rigs:
+            status = status_phase(weed, metrics_port, args, harness, work)
+            print(json.dumps(status), file=sys.stderr, flush=True)
+        for n in (int(x) for x in args.rigs.split(",") if x.strip() and int(x) > 0):
             results.append(run_fleet(weed, metrics_port, n, args, harness, work))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     finally:
         weed.stop()
         shutil.rmtree(work, ignore_errors=True)
+    if status is not None:
+        print_table(
+            ["rigs", "run s", "sessions", "requests", "status writes", "status %", "fleet p50 s", "fleet max s"],
+            [[status["rigs"], status["run_seconds"], status["sessions_registered"], status["requests_total"],
+              status["status_writes"], status["status_share_pct"], status["fleet_wall_p50_s"],
+              status["fleet_wall_max_s"]]],
+            title="rig status documents: what they cost the runs, and `fleet --json` with assets_ro alone "
+            "(goals: <= 1 %, <= 1 s)",
+        )
+    if not results:
+        emit_json({"status": status, "load_average": round(os.getloadavg()[0], 2)})
+        return
     base = results[0]
     print_table(
         ["N rigs", "sessions", "lost", "dup", "reg p50 s", "reg p99 s", "p50 / N=1", "412 retried",
@@ -336,7 +448,7 @@ def main() -> None:
     for r in results:
         if r["failed"] or r["maintenance_failed"]:
             print(f"N={r['rigs']}: failed: {r['failed'][:3]} maintenance: {r['maintenance_failed'][:2]}")
-    emit_json({"fleet": results, "load_average": round(os.getloadavg()[0], 2)})
+    emit_json({"fleet": results, "status": status, "load_average": round(os.getloadavg()[0], 2)})
 
 
 if __name__ == "__main__":

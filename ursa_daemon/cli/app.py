@@ -16,6 +16,7 @@ import click
 
 from ursa_daemon.cli.cmd_download import download, verify
 from ursa_daemon.cli.cmd_drain import drain
+from ursa_daemon.cli.cmd_fleet import fleet
 from ursa_daemon.cli.cmd_ingest import ingest, reconstruct_manifest, register_from_store_cmd
 from ursa_daemon.cli.cmd_maintain import maintain
 from ursa_daemon.cli.cmd_query import query
@@ -48,7 +49,7 @@ def cli(ctx: click.Context, config_path: str | None, profile: str | None) -> Non
 
 for _command in (
     query, ingest, register_from_store_cmd, reconstruct_manifest, run, drain, status,
-    download, verify, maintain, demo, check_config_cmd,
+    download, verify, maintain, fleet, demo, check_config_cmd,
 ):
     cli.add_command(_command)
 

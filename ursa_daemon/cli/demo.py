@@ -59,8 +59,38 @@ def make_sample_session(root: Path, *, participant: str | None = "Aria Lin") -> 
     return rec_dir
 
 
+def _fleet_step(config: Config, local: LocalProfile, tmp: Path, console: Console) -> None:
+    """A ``drain`` of the demo's root (its own state, so a running ``run`` is not disturbed) keeps
+    this rig's status document in the store; ``fleet`` reads it back as a laptop would."""
+    import time
+
+    from ursa_daemon.cli.render import print_fleet
+    from ursa_daemon.config import Role
+    from ursa_daemon.daemon import Daemon
+    from ursa_daemon.daemon.fleet import assess, read_fleet
+    from ursa_daemon.store import get_store
+
+    cfg = config.model_copy(update={
+        "profile": "local", "profiles": {**config.profiles, "local": local},
+        "state_dir": tmp / "state", "recordings_root": tmp,
+    })
+    with Daemon(cfg) as daemon:
+        summary = daemon.drain([tmp])
+    console.print(
+        f"[bold]5. drain[/bold] of the rig's root: "
+        f"{len(summary.registered) + len(summary.already_registered)} session(s) in the catalog, no byte sent "
+        f"twice; the rig's status document is ursa/rigs/{cfg.rig}.json"
+    )
+    now = time.time()
+    entries = [assess(e, now=now, stale_after_s=900, max_age_s=86400)
+               for e in read_fleet(get_store(local, Role.ASSETS_RO))]
+    console.print("[bold]6. ursa-daemon fleet[/bold] (every rig of the lab, read with assets_ro)")
+    print_fleet(entries, now)
+
+
 def run_demo(config: Config) -> None:
-    """Make a session, ingest it with a progress bar, query it, read every byte back."""
+    """Make a session, ingest it with a progress bar, query it, read every byte back, drain the
+    rig's root and show the fleet."""
     console = Console(stderr=True)
     local = config.profiles.get("local")
     if not isinstance(local, LocalProfile):
@@ -101,4 +131,5 @@ def run_demo(config: Config) -> None:
                 raise SystemExit(f"demo: {rel} did not read back byte-exact")
             checked += 1
         console.print(f"[bold]4. read back[/bold] {checked}/{len(SAMPLE_FILES)} files byte-exact")
+        _fleet_step(config, local, Path(tmp), console)
     console.print(f"[green]demo done[/green]: catalog and store under {local.root}")

@@ -12,7 +12,7 @@ import click
 
 from ursa_daemon.cli.common import emit_json
 
-__all__ = ["drain_report", "hb", "human_duration", "print_results", "print_status"]
+__all__ = ["drain_report", "hb", "human_duration", "print_fleet", "print_results", "print_status"]
 
 
 def print_results(results: list[Any]) -> None:
@@ -38,8 +38,10 @@ def print_results(results: list[Any]) -> None:
     Console(stderr=True).print(table)
 
 
-def print_status(sessions: list[Any], counts: dict[str, int], parts: dict[str, list[Any]]) -> None:
-    """The human table: fits 80 columns by wrapping; a rec_id is never cut, an error is printed whole."""
+def print_status(sessions: list[Any], counts: dict[str, int], parts: dict[str, list[Any]], *,
+                 pause_reason: str | None = None, cap: int | None = None) -> None:
+    """The human table: fits 80 columns by wrapping; a rec_id is never cut, an error is printed whole.
+    ``pause_reason``: why the daemon pauses uploads now; ``cap``: the bandwidth cap (it throttles)."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -50,6 +52,10 @@ def print_status(sessions: list[Any], counts: dict[str, int], parts: dict[str, l
     console = Console(stderr=True)
     width = max((len(s.rec_id) for s in sessions), default=6)
     title = "ursa-daemon: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no sessions")
+    if pause_reason:
+        title += f"; uploads paused ({pause_reason})"
+    if cap:
+        title += f"; throttled to {human_bytes(cap)}/s (upload.bandwidth_bytes_per_s)"
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     table.add_column("rec_id", no_wrap=True, min_width=width)
     table.add_column("state", no_wrap=True)
@@ -58,12 +64,17 @@ def print_status(sessions: list[Any], counts: dict[str, int], parts: dict[str, l
     table.add_column("tries", overflow="fold")
     for s in sessions:
         moved = f"{human_bytes(s.bytes_done)} / {human_bytes(s.bytes_total)}"
+        if s.bytes_hashed is not None:
+            moved += f"\nhashed {human_bytes(s.bytes_hashed)}"
+        elif s.bytes_sending and str(s.state) == "uploading":
+            moved += f"\n+{human_bytes(s.bytes_sending)} sending"
         if s.rate is not None:
             moved += f"\n{human_bytes(s.rate)}/s, {human_duration(s.eta_s or 0)} left"
         tries = str(s.attempts)
         if s.next_attempt_at is not None:
             tries += time.strftime(", next %H:%M:%S", time.localtime(s.next_attempt_at))
-        table.add_row(s.rec_id, str(s.state), f"{s.files_done}/{s.files_total}", moved, tries)
+        state = f"{s.state} ({s.pause_reason})" if str(s.state) == "paused" and s.pause_reason else str(s.state)
+        table.add_row(s.rec_id, state, f"{s.files_done}/{s.files_total}", moved, tries)
     console.print(table)
     for s in sessions:
         if s.last_error:  # whole, wrapped to the terminal: the advice at its end is never cut
@@ -82,6 +93,54 @@ def print_status(sessions: list[Any], counts: dict[str, int], parts: dict[str, l
                     f"{human_bytes(p.bytes_done)} / {human_bytes(p.bytes_total)}",
                 )
         console.print(ptable)
+
+
+def print_fleet(entries: list[Any], now: float) -> None:
+    """One line per rig (wrapping, never cut), then every reason a rig needs attention."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from ursa_daemon.daemon.rigs import parse_iso
+
+    def ago(v: object) -> str:
+        t = parse_iso(v)
+        return "-" if t is None else human_duration(max(0.0, now - t)) + " ago"
+
+    console = Console(stderr=True)
+    n_attention = sum(1 for e in entries if e.needs_attention)
+    title = f"{len(entries)} rig(s), {n_attention} need(s) attention" if entries else "no rig status documents"
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("rig", no_wrap=True, min_width=max((len(e.rig_id) for e in entries), default=3))
+    for col in ("", "sessions", "pending", "oldest", "last reg.", "seen", "rig"):
+        table.add_column(col, overflow="fold")
+    for e in entries:
+        d = e.doc
+        counts = d.get("counts") if isinstance(d.get("counts"), dict) else {}
+        oldest = d.get("oldest_pending") if isinstance(d.get("oldest_pending"), dict) else {}
+        age = oldest.get("age_s")
+        mode = "recording" if d.get("recording") else ""
+        if d.get("paused"):
+            mode = (mode + " " if mode else "") + f"paused ({d.get('pause_reason') or '?'})"
+        if d.get("running") is False:
+            mode = "drain done" if d.get("command") == "drain" else "stopped"
+        pending = d.get("pending_sessions")
+        table.add_row(
+            e.rig_id,
+            Text("STALE" if e.stale else ("CHECK" if e.needs_attention else "ok"),
+                 style="bold red" if e.needs_attention else "green"),
+            " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "-",
+            f"{pending} ({hb(d.get('pending_bytes') or 0)})" if isinstance(pending, int) else "-",
+            human_duration(age) if isinstance(age, int | float) else "-",
+            ago(d.get("last_registration_at")),
+            ago(d.get("written_at")),
+            mode or "idle",
+        )
+    console.print(table)
+    for e in entries:
+        for reason in e.needs_attention:
+            console.print(Text(f"{e.rig_id}: ", style="bold") + Text(reason), overflow="fold")
 
 
 def drain_report(summary: Any, as_json: bool, console: Any, *, aborted: bool = False) -> None:

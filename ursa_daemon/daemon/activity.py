@@ -4,7 +4,8 @@ Sources, combined: writes inside any session that is not complete yet (fed
 by the session watcher's inotify stream through :meth:`Activity.touch`), a
 flag file whose presence means "recording", and recorder processes (psutil)
 holding files open for writing under the recordings root. The rig counts as
-active until ``quiet_seconds`` have passed with none of them.
+active until ``quiet_seconds`` have passed with none of them; :meth:`Activity.reason`
+says which source keeps it active (:data:`SOURCES`, the first of them when several do).
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ import psutil
 if TYPE_CHECKING:
     from ursa_daemon.config import Config
 
-__all__ = ["Activity", "build_activity", "in_upload_window", "lower_own_priority", "recorder_writing"]
+__all__ = ["SOURCES", "Activity", "build_activity", "in_upload_window", "lower_own_priority", "recorder_writing"]
+
+#: what makes the rig active, as :meth:`Activity.reason` names it, first first: the flag file is
+#: the rig saying so; a recorder process, what it does; writes in a session, what it leaves
+SOURCES = ("flag_file", "recorder_process", "session_writes")
 
 
 def recorder_writing(names: Iterable[str], root: Path) -> bool:
@@ -43,7 +48,7 @@ def recorder_writing(names: Iterable[str], root: Path) -> bool:
 
 
 class Activity:
-    """Thread-safe ``is_active()`` with a quiet period."""
+    """Thread-safe ``is_active()`` with a quiet period, remembering which source made it active."""
 
     def __init__(
         self,
@@ -59,31 +64,42 @@ class Activity:
         self.probe = probe
         self.probe_interval = probe_interval
         self._clock = clock
-        self._last_activity = float("-inf")
+        #: source (one of :data:`SOURCES`) → when it was last seen
+        self._seen: dict[str, float] = {}
         self._last_probe = float("-inf")
         self._lock = threading.Lock()
 
     def touch(self) -> None:
-        """Something was written by the rig just now."""
+        """Something was written by the rig just now (in a session without a manifest)."""
         with self._lock:
-            self._last_activity = self._clock()
+            self._seen["session_writes"] = self._clock()
 
     def _poll_sources(self, now: float) -> None:
         if self.flag_file is not None and self.flag_file.exists():
-            self._last_activity = now
+            self._seen["flag_file"] = now
         if self.probe is not None and now - self._last_probe >= self.probe_interval:
             self._last_probe = now
             if self.probe():
-                self._last_activity = now
+                self._seen["recorder_process"] = now
 
-    def is_active(self) -> bool:
-        """True while recording, and for ``quiet_seconds`` after the last sign of it."""
+    def _fresh(self, seen: float, now: float) -> bool:
+        return now - seen < self.quiet_seconds or (self.quiet_seconds == 0 and seen == now)
+
+    def reason(self) -> str | None:
+        """The first of :data:`SOURCES` seen within ``quiet_seconds`` (one that keeps the rig
+        active: steady while it does); None when the rig is quiet."""
         with self._lock:
             now = self._clock()
             self._poll_sources(now)
-            return now - self._last_activity < self.quiet_seconds or (
-                self.quiet_seconds == 0 and self._last_activity == now
-            )
+            for source in SOURCES:
+                seen = self._seen.get(source)
+                if seen is not None and self._fresh(seen, now):
+                    return source
+        return None
+
+    def is_active(self) -> bool:
+        """True while recording, and for ``quiet_seconds`` after the last sign of it."""
+        return self.reason() is not None
 
 
 def lower_own_priority() -> None:

@@ -106,24 +106,35 @@ class Daemon(Worker):
         and nothing was to do for ``watch.shed_after_idle_seconds``, the process re-executes
         itself with the same arguments, keeping its pid (systemd sees nothing), its state lock
         and its stdout: the new image starts small and rescans the root as at any start.
+        Monitoring sees nothing of it either: ``/metrics`` keeps its listening socket (a scrape
+        meanwhile waits in the backlog), its counters and ``started_at`` go on, and the logs say
+        ``daemon.shed`` then ``daemon.shed_done`` (no ``daemon.stopped``, no ``daemon.started``).
         """
+        from ursa_daemon.daemon.metrics import METRICS
         from ursa_daemon.daemon.watch import Runner
 
+        shed_from = METRICS.take_over()  # this image continues one that re-executed itself
         lower_own_priority()
         runner = Runner(self)
-        runner.run(shed=shed)
-        if runner.shed_requested and not self.stopping.is_set():
-            self._reexec()
+        runner.run(shed=shed, shed_from=shed_from)
+        if runner.shed_requested:
+            self._reexec(runner.handover)
+            log.info("daemon.stopped")  # a signal came first: no re-exec
 
-    def _reexec(self) -> None:
-        """Replace this process image by a fresh ``run`` (see :meth:`run`). Does not return."""
+    def _reexec(self, handover: dict[str, str]) -> None:
+        """Replace this process image by a fresh ``run`` (see :meth:`run`), handing it ``handover``
+        (the metrics' socket and counters) and the state lock. Returns only when a stop signal
+        came first."""
         import psutil
 
-        env = dict(os.environ, **self.lock.hand_over())
-        log.info("daemon.shed", rss_mib=round(psutil.Process().memory_info().rss / 2**20, 1))
-        self.state.close()
         # SIGTERM/SIGINT wait, blocked, until the new image has its handlers (the mask survives exec)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        if self.stopping.is_set():
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+            return
+        env = dict(os.environ, **handover, **self.lock.hand_over())
+        log.info("daemon.shed", rss_mib=round(psutil.Process().memory_info().rss / 2**20, 1))
+        self.state.close()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         os.execve(sys.executable, sys.orig_argv, env)

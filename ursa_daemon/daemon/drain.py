@@ -13,8 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ursa_daemon.daemon.metrics import METRICS
 from ursa_daemon.daemon.metrics import serve as serve_metrics
 from ursa_daemon.daemon.outcome import INCOMPLETE_HINT, DrainSummary, Outcome
+from ursa_daemon.daemon.rigs import RigReporter
 from ursa_daemon.daemon.worker import Worker
 from ursa_daemon.log import get_logger
 from ursa_daemon.session import SessionDir, in_shard, scan_root
@@ -39,12 +41,19 @@ def drain(
     on_start: Callable[[int], None] | None = None,
     summary: DrainSummary | None = None,
 ) -> DrainSummary:
-    """What :meth:`ursa_daemon.daemon.core.Daemon.drain` does (see there), with ``/metrics`` served."""
-    with serve_metrics(worker.config, worker.state):
-        return _drain(
-            worker, roots, on_session=on_session, on_outcome=on_outcome, on_start=on_start, summary=summary,
-            shard=shard,
-        )
+    """What :meth:`ursa_daemon.daemon.core.Daemon.drain` does (see there), with ``/metrics`` served
+    and the rig's status document (``ursa/rigs/<rig_id>.json``) kept while it runs."""
+    with serve_metrics(worker.config, worker.state, paused=worker.pause_reason):
+        rig = RigReporter.for_worker(
+            worker, "drain", upload_rate=METRICS.upload_rate, started_at=METRICS.started_at
+        ).start()
+        try:
+            return _drain(
+                worker, roots, on_session=on_session, on_outcome=on_outcome, on_start=on_start, summary=summary,
+                shard=shard,
+            )
+        finally:
+            rig.stop()
 
 
 def _drain(

@@ -156,6 +156,27 @@ class StateDB:
     def counts(self) -> dict[str, int]:
         return {r[0]: r[1] for r in self._query("SELECT state, count(*) FROM sessions GROUP BY state")}
 
+    def sessions_in(self, states: Iterable[SessionState]) -> list[SessionRecord]:
+        """The sessions in any of ``states`` (by the state index: a rig's history is not read)."""
+        wanted = [str(st) for st in states]
+        marks = ",".join("?" * len(wanted))
+        rows = self._query(f"SELECT * FROM sessions WHERE state IN ({marks}) ORDER BY rec_id", wanted)
+        return [session_record(r) for r in rows]
+
+    def last_change(self, state: SessionState) -> float | None:
+        """When a session last entered or moved in ``state`` (``registered``: the last registration)."""
+        rows = self._query("SELECT max(updated_at) FROM sessions WHERE state = ?", (str(state),))
+        return rows[0][0] if rows and rows[0][0] is not None else None
+
+    def last_error(self) -> SessionRecord | None:
+        """The failed or rejected session whose error is the most recent."""
+        rows = self._query(
+            "SELECT * FROM sessions WHERE state IN (?, ?) AND last_error IS NOT NULL "
+            "ORDER BY updated_at DESC LIMIT 1",
+            (str(SessionState.FAILED), str(SessionState.REJECTED)),
+        )
+        return session_record(rows[0]) if rows else None
+
     def upsert_session(self, rec_id: str, root: str, state: SessionState, *, signature: str | None = None) -> None:
         """Create the row, or move an existing one to ``state`` (and a new signature)."""
         with self._tx() as c:
@@ -175,13 +196,16 @@ class StateDB:
         next_attempt_at: float | None = None,
         recording_hash: str | None = None,
         count_attempt: bool = False,
+        pause_reason: str | None = None,
     ) -> None:
+        """Move ``rec_id`` to ``state``; ``pause_reason`` (``paused``: why) is cleared by any other move."""
         with self._tx() as c:
             c.execute(
                 """UPDATE sessions SET state = ?, last_error = ?, next_attempt_at = ?,
                    recording_hash = coalesce(?, recording_hash), attempts = attempts + ?,
-                   updated_at = ? WHERE rec_id = ?""",
-                (str(state), error, next_attempt_at, recording_hash, int(count_attempt), time.time(), rec_id),
+                   pause_reason = ?, updated_at = ? WHERE rec_id = ?""",
+                (str(state), error, next_attempt_at, recording_hash, int(count_attempt), pause_reason,
+                 time.time(), rec_id),
             )
 
     def reset_attempts(self, rec_id: str) -> None:
@@ -189,19 +213,23 @@ class StateDB:
             c.execute("UPDATE sessions SET attempts = 0 WHERE rec_id = ?", (rec_id,))
 
     def set_progress(
-        self, rec_id: str, *, files_done: int, files_total: int, bytes_done: int, bytes_total: int
+        self, rec_id: str, *, files_done: int | None, files_total: int, bytes_done: int | None, bytes_total: int,
+        bytes_sending: int = 0, bytes_moved: int | None = None,
     ) -> None:
+        """``bytes_done``: confirmed in the store; ``bytes_sending``: sent, not confirmed yet;
+        ``bytes_moved``: moved by the current phase itself (the rate's numerator). None: unchanged."""
         with self._tx() as c:
             c.execute(
-                """UPDATE sessions SET files_done = ?, files_total = ?, bytes_done = ?, bytes_total = ?,
-                   updated_at = ? WHERE rec_id = ?""",
-                (files_done, files_total, bytes_done, bytes_total, time.time(), rec_id),
+                """UPDATE sessions SET files_done = coalesce(?, files_done), files_total = ?,
+                   bytes_done = coalesce(?, bytes_done), bytes_total = ?, bytes_sending = ?,
+                   bytes_moved = coalesce(?, bytes_moved), updated_at = ? WHERE rec_id = ?""",
+                (files_done, files_total, bytes_done, bytes_total, bytes_sending, bytes_moved, time.time(), rec_id),
             )
 
     def start_moving(self, rec_id: str, *, bytes_from: int) -> None:
         """A hashing or uploading phase begins now, at ``bytes_from`` (rate and ETA count from here)."""
         with self._tx() as c:
-            c.execute("UPDATE sessions SET moving_since = ?, moving_from = ? WHERE rec_id = ?",
+            c.execute("UPDATE sessions SET moving_since = ?, moving_from = ?, bytes_moved = 0 WHERE rec_id = ?",
                       (time.time(), bytes_from, rec_id))
 
     def forget(self, rec_id: str) -> None:

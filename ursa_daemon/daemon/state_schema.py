@@ -100,6 +100,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE sessions ADD COLUMN moving_since REAL;
     ALTER TABLE sessions ADD COLUMN moving_from INTEGER NOT NULL DEFAULT 0;
     """,
+    # 4: why a session is paused; bytes sent but not yet confirmed, and bytes moved by the current
+    # phase (hashed, or sent by this attempt: the rate's numerator, kept bytes not counted)
+    """
+    ALTER TABLE sessions ADD COLUMN pause_reason TEXT;
+    ALTER TABLE sessions ADD COLUMN bytes_sending INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN bytes_moved INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 
@@ -116,26 +123,45 @@ class SessionRecord:
     files_total: int
     files_done: int
     bytes_total: int
+    #: bytes of the session confirmed in the store: files uploaded or already there, and what an
+    #: unfinished file's confirmed parts (or partial copy) hold; never counts bytes still in flight
     bytes_done: int
     updated_at: float
     #: when the current hashing or uploading phase began (None: not moving), and bytes_done then
     moving_since: float | None = None
     moving_from: int = 0
+    #: why the session is paused (``flag_file``, ``recorder_process``, ``session_writes``,
+    #: ``upload_window``, ``stopping``); None unless ``paused``
+    pause_reason: str | None = None
+    #: uploading: bytes sent of parts and files not confirmed yet (a pause loses them)
+    bytes_sending: int = 0
+    #: bytes the current phase moved itself: hashed, or sent by this attempt (what earlier attempts
+    #: kept and files already in the store are not counted: they did not move now)
+    bytes_moved: int = 0
 
     @property
     def rate(self) -> float | None:
-        """Bytes per second of the current phase, from its start to the last progress write."""
+        """Bytes per second the current phase moves, from its start to the last progress write."""
         if self.moving_since is None or self.state not in (SessionState.HASHING, SessionState.UPLOADING):
             return None
         elapsed = self.updated_at - self.moving_since
-        moved = self.bytes_done - self.moving_from
+        moved = self.bytes_moved
         return moved / elapsed if elapsed > 0.5 and moved > 0 else None
+
+    @property
+    def bytes_hashed(self) -> int | None:
+        """While ``hashing``: the bytes hashed so far (else None)."""
+        return self.bytes_moved if self.state is SessionState.HASHING else None
 
     @property
     def eta_s(self) -> float | None:
         """Seconds left at the current rate."""
         rate = self.rate
-        return None if rate is None else max(0, self.bytes_total - self.bytes_done) / rate
+        if rate is None:
+            return None
+        if self.state is SessionState.HASHING:
+            return max(0, self.bytes_total - self.bytes_moved) / rate
+        return max(0, self.bytes_total - self.bytes_done - self.bytes_sending) / rate
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -151,6 +177,9 @@ class SessionRecord:
             "next_attempt_at": self.next_attempt_at,
             "rate_bytes_per_s": None if self.rate is None else round(self.rate),
             "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
+            "pause_reason": self.pause_reason if self.state is SessionState.PAUSED else None,
+            "bytes_sending": self.bytes_sending if self.state is SessionState.UPLOADING else 0,
+            "bytes_hashed": self.bytes_hashed,
         }
 
 
@@ -216,4 +245,7 @@ def session_record(r: sqlite3.Row) -> SessionRecord:
         updated_at=r["updated_at"],
         moving_since=r["moving_since"],
         moving_from=r["moving_from"],
+        pause_reason=r["pause_reason"],
+        bytes_sending=r["bytes_sending"],
+        bytes_moved=r["bytes_moved"],
     )

@@ -21,7 +21,7 @@ import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from watchdog.events import (
@@ -37,10 +37,13 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from ursa_daemon.daemon.activity import build_activity
+from ursa_daemon.daemon.activity import SOURCES, build_activity
+from ursa_daemon.daemon.metrics import METRICS
 from ursa_daemon.daemon.metrics import serve as serve_metrics
+from ursa_daemon.daemon.rigs import RigReporter
 from ursa_daemon.daemon.state_schema import SessionRecord, SessionState
 from ursa_daemon.daemon.systemd import install_stop_handlers, sd_notify
+from ursa_daemon.daemon.worker import report_unexpected
 from ursa_daemon.errors import UrsaError
 from ursa_daemon.log import get_logger
 from ursa_daemon.session import has_manifest, scan_root, session_of, tree_signature
@@ -48,6 +51,7 @@ from ursa_daemon.transfer.abort import abort_uploads
 from ursa_daemon.transfer.local_copy import sweep_partials
 
 if TYPE_CHECKING:
+    from ursa_daemon.daemon.outcome import Outcome
     from ursa_daemon.daemon.worker import Worker
 
 __all__ = ["Runner"]
@@ -100,9 +104,15 @@ class Runner:
         self.rescan_due = threading.Event()
         self.rescan_due.set()
         self.active_reported = False
-        #: set by :meth:`run` when it returned to be re-executed (see ``shed``)
+        #: set by :meth:`run` when it returned to be re-executed (see ``shed``), with the
+        #: environment that hands ``/metrics`` (its socket, its counters) to the next image
         self.shed_requested = False
+        self.handover: dict[str, str] = {}
         self._worked_at: float | None = None
+        #: the pause in progress (its first reason, since when), logged once as ``daemon.paused``
+        self._paused_for: str | None = None
+        self._paused_at = 0.0
+        daemon.on_pause_change = self._pause_changed
 
     # -- events -----------------------------------------------------------
 
@@ -120,11 +130,14 @@ class Runner:
 
     # -- loop -------------------------------------------------------------
 
-    def run(self, *, shed: bool = False) -> None:
+    def run(self, *, shed: bool = False, shed_from: dict[str, Any] | None = None) -> None:
         """Until SIGTERM/SIGINT. With ``shed`` (the ``run`` command), also return with
         :attr:`shed_requested` set once nothing was to do for ``watch.shed_after_idle_seconds``
-        after a session brought the catalog stack in: the caller re-executes the process."""
+        after a session brought the catalog stack in: the caller re-executes the process.
+        ``shed_from`` (what the previous image handed over, see ``Metrics.take_over``): this
+        image continues that one, so it says ``daemon.shed_done``, not ``daemon.started``."""
         stop = self.daemon.stopping
+        self._write_pause(None)  # what an earlier process left is not so any more
         install_stop_handlers(stop)
         # a re-executed image starts with them blocked, so none is lost in between: now they stop us
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
@@ -146,16 +159,26 @@ class Runner:
             next_run_time=datetime.now() + timedelta(seconds=SWEEP_FIRST_S),
         )
         scheduler.start()
-        metrics_server = serve_metrics(self.config, self.daemon.state, pending_dirs=self._queued_dirs)
-        log.info("daemon.started", root=str(self.root), profile=self.config.profile)
+        metrics_server = serve_metrics(
+            self.config, self.daemon.state, pending_dirs=self._queued_dirs, paused=self.daemon.pause_reason
+        )
+        rig = RigReporter.for_worker(
+            self.daemon, "run", upload_rate=METRICS.upload_rate, started_at=METRICS.started_at,
+            queued=self._queued_dirs,
+        ).start()
+        if shed_from is None:
+            log.info("daemon.started", root=str(self.root), profile=self.config.profile, rig_id=rig.rig_id)
+        else:
+            log.info("daemon.shed_done", rig_id=rig.rig_id, rss_mib=_rss_mib(),
+                     elapsed_s=round(max(0.0, time.time() - float(shed_from.get("shed_at") or 0)), 3))
         sd_notify("READY=1\nSTATUS=watching " + str(self.root))
         try:
             while not stop.is_set():
                 try:
                     rec_dir = self._next_session()
                 except Exception as exc:  # a scan that fails (a root gone, a state write) stops nothing
-                    log.warning("daemon.scan_failed", error=f"{type(exc).__name__}: {exc}")
-                    log.debug("daemon.scan_failed", exc_info=exc)
+                    if not report_unexpected(exc, "daemon.scan_failed"):
+                        log.warning("daemon.scan_failed", error=f"{type(exc).__name__}: {exc}")
                     stop.wait(TICK_S)
                     continue
                 if rec_dir is None:
@@ -164,17 +187,68 @@ class Runner:
                         break
                     stop.wait(TICK_S)
                     continue
-                outcome = self.daemon.process(rec_dir)  # the session's error boundary: never raises
+                outcome = self._process(rec_dir)  # the session's error boundary: never raises
                 self._worked_at = time.monotonic()
                 if outcome.status == "paused":  # ingest logged session.paused
                     self._wait_until_quiet()
         finally:
-            sd_notify("STOPPING=1")
-            metrics_server.close()
+            shedding = self.shed_requested  # the idle re-exec is no stop: monitoring sees nothing of it
+            sd_notify("STATUS=re-executing to shed memory" if shedding else "STOPPING=1")
+            rig.stop(final=not self.shed_requested)  # the idle re-exec is no stop to the fleet
+            if shedding:
+                self.handover = metrics_server.hand_over()
+            else:
+                metrics_server.close()
             scheduler.shutdown(wait=False)
             observer.stop()
             observer.join(timeout=2)
-            log.info("daemon.stopped")
+            if not shedding:
+                self.daemon.on_pause_change = None
+                self._write_pause(None)
+                log.info("daemon.stopped")
+
+    def _process(self, rec_dir: Path) -> Outcome:
+        """``process``, with the pause reason looked at every ``TICK_S`` meanwhile (registering a
+        session polls nothing): a recording that starts shows in ``status`` and the metrics at once."""
+        done = threading.Event()
+
+        def look() -> None:
+            while not done.wait(TICK_S):
+                self.daemon.pause_reason()
+
+        watcher = threading.Thread(target=look, name="ursa-pause-watch", daemon=True)
+        watcher.start()
+        try:
+            return self.daemon.process(rec_dir)
+        finally:
+            done.set()
+            watcher.join()
+
+    def _pause_changed(self, reason: str | None) -> None:
+        """The worker's pause reason changed (told at once, under its lock): a pause is logged once
+        as ``daemon.paused`` and paired by ``daemon.resumed`` (a stop is no pause: ``daemon.stopping``
+        says so), and the state's meta says it for ``status`` and ``ursa_rig_recording``."""
+        if reason is not None and reason != "stopping" and self._paused_for is None:
+            self._paused_for, self._paused_at = reason, time.monotonic()
+            log.info("daemon.paused", reason=reason)
+        elif reason is None and self._paused_for is not None:
+            log.info("daemon.resumed", reason=self._paused_for, paused_s=round(time.monotonic() - self._paused_at, 1))
+            self._paused_for = None
+        self._write_pause(reason)
+
+    def _write_pause(self, reason: str | None) -> None:
+        """``pause_reason`` and ``active`` (the rig records) in the state's meta (a state database
+        that refuses is said, and stops nothing: the pause itself holds)."""
+        state = self.daemon.state
+        try:
+            state.set_meta("pause_reason", reason or "")
+            if reason != "stopping":  # the stop hides whether the rig records: leave it as it was
+                active = reason in SOURCES
+                if active != self.active_reported or reason is None:
+                    state.set_meta("active", "1" if active else "0")
+                    self.active_reported = active
+        except UrsaError as exc:
+            log.warning("daemon.pause_report_failed", error=str(exc))
 
     def _shed_due(self) -> bool:
         """Idle long enough after work that brought in the catalog stack, nothing queued or settling."""
@@ -188,13 +262,11 @@ class Runner:
         return not queued and not self.daemon.should_pause()
 
     def _heartbeat(self) -> None:
-        active = self.activity.is_active()
-        if active != self.active_reported:
-            self.active_reported = active
-            self.daemon.state.set_meta("active", "1" if active else "0")
+        reason = self.daemon.pause_reason()  # a change went to the state's meta when it was seen
         counts = self.daemon.state.counts()
         status = ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "idle"
-        sd_notify(f"WATCHDOG=1\nSTATUS={'recording, paused; ' if active else ''}{status}")
+        paused = "" if reason is None else ("recording, " if reason in SOURCES else "") + f"paused ({reason}); "
+        sd_notify(f"WATCHDOG=1\nSTATUS={paused}{status}")
 
     def sweep_uploads(self, stale_after_s: float = STALE_UPLOAD_S) -> int:
         """Abort the multipart uploads that will not be continued (how many were), and drop the
@@ -246,11 +318,10 @@ class Runner:
                     self.last_change.setdefault(rec_dir, 0.0)
 
     def _wait_until_quiet(self) -> None:
+        """Until uploads may go on (``daemon.resumed`` is logged as the pause reason goes)."""
         stop = self.daemon.stopping
         while not stop.is_set() and self.daemon.should_pause():
             stop.wait(TICK_S)
-        if not stop.is_set():
-            log.info("daemon.resumed")  # the rig is quiet again: uploads go on
 
     def _next_session(self) -> Path | None:
         """The next complete session that needs work, or None."""
@@ -312,6 +383,12 @@ class Runner:
             with self.lock:
                 self.last_change[sd.path] = min(self.last_change.get(sd.path, sd.last_change), sd.last_change)
         log.debug("daemon.rescan", sessions=found)
+
+
+def _rss_mib() -> float:
+    import psutil
+
+    return round(float(psutil.Process().memory_info().rss) / 2**20, 1)
 
 
 def _backing_off(rec: SessionRecord, now: float) -> bool:

@@ -22,7 +22,7 @@ from ursa_daemon.daemon.metrics import METRICS
 from ursa_daemon.daemon.outcome import Outcome, one_line
 from ursa_daemon.daemon.progress import LiveProgress
 from ursa_daemon.daemon.state import SessionState, StateDB
-from ursa_daemon.errors import CatalogRowExists, InputError, NodesPending
+from ursa_daemon.errors import CatalogRowExists, InputError, NodesPending, UrsaError
 from ursa_daemon.log import get_logger
 from ursa_daemon.session import (
     HashingStopped,
@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # imported when a session is worked on, so an idle `run` hold
     from ursa_daemon.transfer.context import Context
     from ursa_daemon.transfer.ingest import UploadProgress
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "report_unexpected"]
 
 log = get_logger("ursa.daemon")
 
@@ -60,6 +60,12 @@ class Worker:
         self.progress: Callable[[str, UploadProgress], None] | None = None
         #: ``(rec_id, phase, bytes_done, bytes_total)`` as bytes are hashed and sent (for a display)
         self.on_bytes: Callable[[str, str, int, int], None] | None = None
+        #: told the new :meth:`pause_reason` on each change, under a lock (``run``: ``daemon.paused``)
+        self.on_pause_change: Callable[[str | None], None] | None = None
+        #: the last reason uploads were paused for (what a ``session.paused`` line says)
+        self.last_pause_reason: str | None = None
+        self._reason_seen: str | None = None
+        self._reason_lock = threading.Lock()
 
     @property
     def data(self) -> Context:
@@ -91,11 +97,33 @@ class Worker:
 
     def should_pause(self) -> bool:
         """Stop the streams: the daemon is stopping, the rig records, or the window closed."""
-        return (
-            self.stopping.is_set()
-            or (self.activity is not None and self.activity.is_active())
-            or not in_upload_window(self.config.upload.windows)
-        )
+        return self.pause_reason() is not None
+
+    def pause_reason(self) -> str | None:
+        """Why uploads are paused now, None when they are not: ``stopping``; the rig records,
+        named by what says so (``flag_file``, ``recorder_process``, ``session_writes``: see
+        :data:`~ursa_daemon.daemon.activity.SOURCES`); or ``upload_window`` (outside
+        ``upload.windows``). The bandwidth cap is no pause: it throttles.
+
+        Thread-safe; a change is told to :attr:`on_pause_change` before this returns."""
+        with self._reason_lock:
+            reason = None
+            if self.stopping.is_set():
+                reason = "stopping"
+            elif self.activity is not None and (active := self.activity.reason()) is not None:
+                reason = active
+            elif not in_upload_window(self.config.upload.windows):
+                reason = "upload_window"
+            if reason != self._reason_seen:
+                self._reason_seen = reason
+                if reason is not None:
+                    self.last_pause_reason = reason
+                if self.on_pause_change is not None:
+                    try:
+                        self.on_pause_change(reason)
+                    except Exception as exc:  # a report must never stop an upload
+                        log.warning("daemon.pause_report_failed", error=one_line(exc))
+            return reason
 
     def note_discovered(self, rec_dir: Path) -> None:
         """First sight of a session: a ``discovered`` row, so ``status`` shows it while
@@ -135,13 +163,16 @@ class Worker:
     def _boundary(self, rec_id: str, exc: BaseException, *, rec_dir: Path | None = None) -> Outcome:
         """Classify what escaped one session's processing; never raises."""
         if isinstance(exc, HashingStopped):  # stopped (or the rig records) before every file was hashed
+            reason, row = self.last_pause_reason, None
             try:
-                self.state.set_state(rec_id, SessionState.PAUSED)
+                self.state.set_state(rec_id, SessionState.PAUSED, pause_reason=reason)
+                row = self.state.session(rec_id)
             except Exception as again:
                 log.warning("session.state_write_failed", rec_id=rec_id, error=one_line(again))
-            log.info("session.paused", rec_id=rec_id)
+            kept = {"bytes_done": row.bytes_done, "bytes_total": row.bytes_total} if row is not None else {}
+            log.info("session.paused", rec_id=rec_id, reason=reason, **kept)
             return METRICS.outcome(Outcome(rec_id, "paused"))
-        log.debug("session.error", rec_id=rec_id, error=one_line(exc), exc_info=exc)
+        report_unexpected(exc, "session.error", rec_id=rec_id)
         try:
             if isinstance(exc, InputError):
                 return self._reject(rec_id, str(exc), rec_dir=rec_dir)
@@ -188,7 +219,7 @@ class Worker:
         live = LiveProgress(self.state, rec_id, len(session.files), session.bytes_total, self.on_bytes)
         live.begin()
         files = hash_files(
-            rec_dir, session.files, known=known, on_bytes=live.hashed, on_file=live.file_hashed,
+            rec_dir, session.files, known=known, on_bytes=live.hashed_bytes,
             should_stop=self.should_pause, part_size=hash_part_size(self.data),
         )
         self.state.record_hashes(
@@ -196,11 +227,10 @@ class Worker:
         )
         rh = None if session.node_manifests else recording_hash(f.sha256 or "" for f in files)
         self.state.set_state(rec_id, SessionState.UPLOADING, recording_hash=rh)
-        live.uploading(self.state.part_progress().get(rec_id, []))
+        live.uploading()
         METRICS.session_started(rec_id)
 
         def on_progress(p: UploadProgress) -> None:
-            live.file_done(p)
             self.state.confirm_file(rec_id, p.current_file)
             METRICS.progress(rec_id, p)
             if self.progress is not None:
@@ -215,13 +245,14 @@ class Worker:
             known_hashes={f.rel_path: f.sha256 for f in files if f.sha256},
             defer_register=defer_register,
             journal=self.state,
-            on_file_bytes=live.sent,
             hashed=files,
+            on_tally=live.moved,
+            pause_reason=lambda: self.last_pause_reason,
         )
         counts = (result.files_uploaded, result.files_skipped, result.bytes_uploaded)
         if result.paused:
-            live.paused(self.state.part_progress().get(rec_id, []), result.kept_bytes)
-            self.state.set_state(rec_id, SessionState.PAUSED)
+            live.paused()
+            self.state.set_state(rec_id, SessionState.PAUSED, pause_reason=self.last_pause_reason)
             return METRICS.outcome(Outcome(rec_id, "paused", None, *counts))
         if result.pending is not None:
             self.state.set_state(rec_id, SessionState.REGISTERING)
@@ -232,11 +263,14 @@ class Worker:
     def _registered(self, outcome: Outcome, recording: RecordingRow) -> Outcome:
         rec_id = outcome.rec_id
         self.state.set_state(rec_id, SessionState.REGISTERED, recording_hash=recording.recording_hash)
+        row = self.state.session(rec_id)
         log.info(
             "session.done",
             rec_id=rec_id,
             recording_hash=recording.recording_hash,
-            bytes_done=outcome.bytes_uploaded,
+            bytes_done=row.bytes_done if row is not None else None,
+            bytes_total=row.bytes_total if row is not None else None,
+            bytes_uploaded=outcome.bytes_uploaded,
             elapsed_s=round(time.monotonic() - outcome.started, 3),
         )
         return METRICS.outcome(outcome)
@@ -252,8 +286,7 @@ class Worker:
         try:
             results = register_many(self.data, [o.pending for o in batch if o.pending is not None])
         except Exception as exc:  # the catalog itself is unreachable: retry them all later
-            log.debug("daemon.register_batch_failed", sessions=[o.rec_id for o in batch], error=one_line(exc),
-                      exc_info=exc)
+            log.debug("daemon.register_batch_failed", sessions=[o.rec_id for o in batch], error=one_line(exc))
             return [self._boundary(o.rec_id, exc) for o in batch]
         out = []
         for o, res in zip(batch, results, strict=True):
@@ -359,6 +392,19 @@ class Worker:
         )
         log.warning("session.failed", rec_id=rec_id, error=error, attempts=attempts, retry_in_s=round(delay, 1))
         return METRICS.outcome(Outcome(rec_id, "failed", error))
+
+
+def report_unexpected(exc: BaseException, event: str, **fields: object) -> bool:
+    """An exception that is neither ours (``UrsaError``: bad input, a store or catalog fault) nor the
+    operating system's (``OSError``: a disk, a socket) is a bug: logged at ERROR with its traceback
+    and counted in ``ursa_internal_errors_total``. Anything else is logged at DEBUG (its WARNING is
+    the caller's ``session.failed``/``session.rejected``). True when it was a bug."""
+    if isinstance(exc, UrsaError | OSError):
+        log.debug(event, error=one_line(exc), exc_info=exc, **fields)
+        return False
+    METRICS.internal_errors.inc()
+    log.error(event, error=one_line(exc), internal=True, exc_info=exc, **fields)
+    return True
 
 
 def _mtime_ns(path: Path) -> int:

@@ -36,7 +36,7 @@ from ursa_daemon.store import LocalStore, Store
 from ursa_daemon.transfer.abort import abort_orphan_uploads, abort_uploads
 from ursa_daemon.transfer.backfill import register_from_store
 from ursa_daemon.transfer.limits import RateLimiter, UploadLimits
-from ursa_daemon.transfer.local_copy import discard_partials, kept_partials
+from ursa_daemon.transfer.local_copy import DEFAULT_LOCAL_SLICE_SIZE, discard_partials, kept_partials
 from ursa_daemon.transfer.multipart_upload import UploadJournal
 from ursa_daemon.transfer.register import (
     IngestResult,
@@ -47,6 +47,7 @@ from ursa_daemon.transfer.register import (
     register_rows,
     session_rows,
 )
+from ursa_daemon.transfer.tally import SessionTally, Tally, TallyJournal
 from ursa_daemon.transfer.upload import FileUpload, upload_files
 
 if TYPE_CHECKING:
@@ -63,7 +64,8 @@ class UploadProgress:
 
     ``bytes_uploaded`` counts PUT bytes only; ``bytes_processed`` counts every
     file decided (uploaded or skipped), so a resumed session's bar climbs
-    through the skips.
+    through the skips (the seeds' fields, exactly; the log lines' ``bytes_done``, what the store
+    holds of the session, is :class:`~ursa_daemon.transfer.tally.Tally`'s: see ``on_tally``).
     """
 
     files_done: int
@@ -96,6 +98,8 @@ def ingest(
     journal: UploadJournal | None = None,
     on_file_bytes: Callable[[str, int], None] | None = None,
     hashed: list[FileEntry] | None = None,
+    on_tally: Callable[[Tally], None] | None = None,
+    pause_reason: Callable[[], str | None] | None = None,
 ) -> IngestResult:
     """Upload a session's files to the raw bucket and register its catalog rows.
 
@@ -112,6 +116,9 @@ def ingest(
     is told of bytes as they are sent (from worker threads). ``hashed``: the
     caller's own :func:`hash_files` of this session (with :func:`hash_part_size`),
     used when it lists exactly the session's files, so nothing is read twice.
+    ``on_tally`` is told of every change of the session's bytes (:class:`~ursa_daemon.transfer.tally.Tally`:
+    confirmed in the store, sending, moved now; from worker threads); ``pause_reason()`` says
+    why ``is_active`` stopped the upload, for the ``session.paused`` line.
     """
     should_stop = is_active or (lambda: False)
     session = load_session(Path(rec_dir))
@@ -125,12 +132,29 @@ def ingest(
     name = participant if participant is not None else session.participant
     span = SessionSpan(rec_id, session.start_time_ns, session.duration_ns)
     _check_rows(data, span, files, doc, name)  # what the catalog would refuse, refused before any byte moves
-    tracker = _Progress(files, progress, rec_id)
+    tally = SessionTally(files, copies_kept_over=DEFAULT_LOCAL_SLICE_SIZE if isinstance(raw, LocalStore) else None,
+                         on_change=on_tally)
+    tracker = _Progress(files, progress, rec_id, tally)
     stored_doc = _stored_manifest(raw, rec_id)
     if not session.node_manifests:
         _refuse_duplicate(data, rec_id, rh)
         _replace_changed_version(data, rec_id, rh, stored_doc, overwrite)
-    todo = files if overwrite else _files_to_upload(raw, rec_id, files, tracker, stored_doc)
+    todo, found = (files, []) if overwrite else _files_to_upload(raw, rec_id, files, stored_doc)
+    # what earlier attempts left in the store counts at once, before the first byte moves
+    journal = TallyJournal(journal, tally, rec_id) if journal is not None else None
+    for rel, size in kept_partials(raw, rec_id, todo).items():
+        tally.keep_copy(rel, size)
+    for entry in found:
+        tally.file_done(entry.rel_path)
+    tally.start()
+    for entry in found:
+        tracker.file_done(FileUpload(entry, uploaded=False))
+
+    def sent(rel_path: str, n: int) -> None:
+        tally.sent(rel_path, n)
+        if on_file_bytes is not None:
+            on_file_bytes(rel_path, n)
+
     started = time.monotonic()
     done = _upload(
         raw,
@@ -141,10 +165,12 @@ def ingest(
         limiter=limiter or RateLimiter(limits.bandwidth_bytes_per_s),
         tracker=tracker,
         journal=journal,
-        on_file_bytes=on_file_bytes,
+        on_file_bytes=sent,
     )
     if not done or should_stop():
-        log.info("session.paused", rec_id=rec_id, recording_hash=rh, bytes_done=tracker.bytes_uploaded)
+        log.info("session.paused", rec_id=rec_id, recording_hash=rh, reason=pause_reason() if pause_reason else None,
+                 bytes_done=tally.now().bytes_done, bytes_total=tally.bytes_total,
+                 bytes_uploaded=tracker.bytes_uploaded)
         paused = tracker.result(paused=True, recording=None)
         paused.kept_bytes.update(kept_partials(raw, rec_id, todo))
         return paused
@@ -157,7 +183,9 @@ def ingest(
         "upload.session_done",
         rec_id=rec_id,
         recording_hash=rh,
-        bytes_done=tracker.bytes_uploaded,
+        bytes_done=tally.now().bytes_done,
+        bytes_total=tally.bytes_total,
+        bytes_uploaded=tracker.bytes_uploaded,
         elapsed_s=round(time.monotonic() - started, 3),
     )
     rows = session_rows(data.profile, span, files, doc, participant=name)
@@ -247,7 +275,9 @@ def _finish_node_half(
         own = node_files(host, node_doc, session.node_manifests, files)
         body = manifest_bytes(augment(node_doc, own))
         put_small(raw, rel_key(rec_id, f"{NODE_MANIFEST_DIR}/{host}.json"), body, "application/json")
-    log.info("upload.session_done", rec_id=rec_id, bytes_done=tracker.bytes_uploaded, nodes=len(session.node_manifests))
+    log.info("upload.session_done", rec_id=rec_id, bytes_done=tracker.tally.now().bytes_done,
+             bytes_total=tracker.tally.bytes_total, bytes_uploaded=tracker.bytes_uploaded,
+             nodes=len(session.node_manifests))
     try:
         done = register_from_store(
             data, rec_id, participant=participant, overwrite=overwrite, confirmed=frozenset(f.rel_path for f in files)
@@ -320,16 +350,16 @@ def _replace_changed_version(
 
 
 def _files_to_upload(
-    store: Store, rec_id: str, files: list[FileEntry], tracker: _Progress, stored_doc: dict[str, Any] | None
-) -> list[FileEntry]:
-    """Files whose object is not already there with the same size and sha256.
+    store: Store, rec_id: str, files: list[FileEntry], stored_doc: dict[str, Any] | None
+) -> tuple[list[FileEntry], list[FileEntry]]:
+    """Files whose object is not already there with the same size and sha256, and those that are.
 
     S3 returns the ``sha256`` user metadata with ``head``. The local store has
     no metadata: there the previously uploaded manifest vouches for it, else
     the object (on the same machine) is hashed: a read, no bytes moved.
     """
     stored = _stored_hashes(stored_doc)
-    todo = []
+    todo, found = [], []
     for entry in files:
         key = rel_key(rec_id, entry.rel_path)
         try:
@@ -341,10 +371,10 @@ def _files_to_upload(
         if sha is None and meta.size == entry.size and isinstance(store, LocalStore):
             sha = object_sha256(store, key)
         if meta.size == entry.size and sha == entry.sha256:
-            tracker.file_done(FileUpload(entry, uploaded=False))
+            found.append(entry)
         else:
             todo.append(entry)
-    return todo
+    return todo, found
 
 
 def _stored_manifest(store: Store, rec_id: str) -> dict[str, Any] | None:
@@ -367,15 +397,18 @@ def _stored_hashes(doc: dict[str, Any] | None) -> dict[str, str]:
 class _Progress:
     """Cumulative counters and the (fault-tolerant) progress callback."""
 
-    def __init__(self, files: list[FileEntry], callback: Callable[[UploadProgress], None] | None, rec_id: str):
+    def __init__(self, files: list[FileEntry], callback: Callable[[UploadProgress], None] | None, rec_id: str,
+                 tally: SessionTally):
         self.files_total = len(files)
         self.bytes_total = sum(f.size for f in files)
         self.callback = callback
         self.rec_id = rec_id
+        self.tally = tally
         self.files_done = self.files_uploaded = self.bytes_uploaded = self.bytes_processed = 0
         self._lock = threading.Lock()
 
     def file_done(self, up: FileUpload) -> None:
+        done = self.tally.file_done(up.entry.rel_path).bytes_done
         with self._lock:
             self.files_done += 1
             self.bytes_processed += up.entry.size
@@ -394,7 +427,7 @@ class _Progress:
             "upload.file_done" if up.uploaded else "upload.file_skipped",
             rec_id=self.rec_id,
             key=rel_key(self.rec_id, up.entry.rel_path),
-            bytes_done=self.bytes_processed,
+            bytes_done=done,
             bytes_total=self.bytes_total,
         )
         if self.callback is not None:

@@ -197,7 +197,7 @@ class _LocalCopy:
         size = self.entry.size
         pos = self._verified_prefix(dst)
         if pos:
-            log.info("upload.local_resumed", rec_id=self.rec_id, key=self.key, bytes_done=pos, bytes_total=size)
+            log.info("upload.local_resumed", rec_id=self.rec_id, key=self.key, bytes_kept=pos, file_size=size)
             if self.on_bytes is not None:
                 self.on_bytes(pos)
         if os.fstat(dst).st_size != pos:
