@@ -93,3 +93,28 @@ def _ingest_twice_at_once(client: Any, endpoint: str, tmp_path: Path, *, rounds:
         check_invariants(cfg, valid=[rec])
         again = json.loads(cli(cfg, "drain", "--json").stdout)
         assert again["already_registered"] == [rec.name] and again["bytes_uploaded"] == 0
+
+
+def test_processes_opening_a_new_state_database_at_once_all_get_it(tmp_path: Path) -> None:
+    """``status`` polling while ``drain`` starts: both create and migrate the same new database.
+    Each opener reads the schema version inside its own write transaction, so one migrates and
+    the others find it done (before, the second ran ``CREATE TABLE`` again and failed)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from ursa_daemon.daemon.state import StateDB; "
+        "db = StateDB(Path(sys.argv[1])); db.counts(); db.close()"
+    )
+    for round_ in range(3):
+        state = tmp_path / f"state{round_}"
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(state)], stderr=subprocess.PIPE, text=True)
+                 for _ in range(6)]
+        errors = [p.communicate(timeout=60)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 6, errors
+        from ursa_daemon.daemon.state import StateDB
+        from ursa_daemon.daemon.state_schema import MIGRATIONS
+
+        db = StateDB(state)
+        assert db._conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        db.close()
