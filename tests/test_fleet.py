@@ -23,6 +23,7 @@ from harness import DaemonProc, cli, write_session
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ursa_daemon.cli.render import print_fleet
 from ursa_daemon.config import config_from_dict
 from ursa_daemon.daemon.fleet import FleetEntry, assess
 from ursa_daemon.daemon.rigs import RIGS_PREFIX, RigReporter, iso, parse_iso, rig_key
@@ -195,7 +196,8 @@ def test_writes_are_bounded_a_change_at_most_a_minute_a_heartbeat_every_five(tmp
 
 
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers() | st.integers(min_value=10**308) | st.floats(allow_nan=True)
+    | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
     max_leaves=20,
 )
@@ -204,6 +206,10 @@ _field_values = {
     "counts": st.one_of(_json, st.dictionaries(st.sampled_from(["failed", "rejected", "registered"]), _json)),
     "oldest_pending": st.one_of(_json, st.fixed_dictionaries({"rec_id": _json, "age_s": _json})),
     "last_error": _json,
+    "pause_reason": st.one_of(_json, st.sampled_from(["[/]", "[bold", "[link=x]y[/link]"])),
+    "pending_sessions": _json,
+    "pending_bytes": _json,
+    "paused": _json,
 }
 
 
@@ -218,6 +224,7 @@ def test_assess_never_breaks_on_a_hostile_document(doc: dict[str, Any]) -> None:
     elif time.time() - written < 600:
         assert not entry.stale
     json.dumps(entry.to_json())  # always a JSON document
+    print_fleet([entry], time.time())  # and a table: a document's text is never rich markup
     if entry.stale:
         assert entry.needs_attention
 

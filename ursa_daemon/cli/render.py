@@ -102,6 +102,7 @@ def print_fleet(entries: list[Any], now: float) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from ursa_daemon.daemon.fleet import finite
     from ursa_daemon.daemon.rigs import parse_iso
 
     def ago(v: object) -> str:
@@ -119,23 +120,26 @@ def print_fleet(entries: list[Any], now: float) -> None:
         d = e.doc
         counts = d.get("counts") if isinstance(d.get("counts"), dict) else {}
         oldest = d.get("oldest_pending") if isinstance(d.get("oldest_pending"), dict) else {}
-        age = oldest.get("age_s")
+        age = finite(oldest.get("age_s"))
         mode = "recording" if d.get("recording") else ""
         if d.get("paused"):
             mode = (mode + " " if mode else "") + f"paused ({d.get('pause_reason') or '?'})"
         if d.get("running") is False:
             mode = "drain done" if d.get("command") == "drain" else "stopped"
         pending = d.get("pending_sessions")
-        table.add_row(
-            e.rig_id,
-            Text("STALE" if e.stale else ("CHECK" if e.needs_attention else "ok"),
-                 style="bold red" if e.needs_attention else "green"),
-            " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "-",
-            f"{pending} ({hb(d.get('pending_bytes') or 0)})" if isinstance(pending, int) else "-",
-            human_duration(age) if isinstance(age, int | float) else "-",
+        cells = (  # a document's strings are plain text, never rich markup
+            " ".join(f"{k}={v}" for k, v in sorted(counts.items(), key=str)) or "-",
+            f"{pending} ({hb(finite(d.get('pending_bytes')) or 0)})" if isinstance(pending, int) else "-",
+            human_duration(age) if age is not None else "-",
             ago(d.get("last_registration_at")),
             ago(d.get("written_at")),
             mode or "idle",
+        )
+        table.add_row(
+            Text(e.rig_id),
+            Text("STALE" if e.stale else ("CHECK" if e.needs_attention else "ok"),
+                 style="bold red" if e.needs_attention else "green"),
+            *(Text(c) for c in cells),
         )
     console.print(table)
     for e in entries:

@@ -11,6 +11,7 @@ Documents are hostile input: every field is checked for its type before use.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from ursa_daemon.daemon.rigs import RIGS_PREFIX, parse_iso
 if TYPE_CHECKING:
     from ursa_daemon.store import Store
 
-__all__ = ["MAX_DOC_BYTES", "FleetEntry", "assess", "read_fleet"]
+__all__ = ["MAX_DOC_BYTES", "FleetEntry", "assess", "finite", "read_fleet"]
 
 #: a document larger than this is not a rig's (read no further)
 MAX_DOC_BYTES = 256 << 10
@@ -87,8 +88,15 @@ def _obj(v: object) -> dict[str, Any]:
     return v if isinstance(v, dict) else {}
 
 
-def _num(v: object) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+def finite(v: object) -> float | None:
+    """A finite number, else None (a document may hold ``Infinity``, ``NaN``, strings...)."""
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return None
+    try:
+        f = float(v)  # an int too large for a float raises
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
 
 
 def assess(entry: FleetEntry, *, now: float, stale_after_s: float, max_age_s: float) -> FleetEntry:
@@ -109,15 +117,15 @@ def assess(entry: FleetEntry, *, now: float, stale_after_s: float, max_age_s: fl
         what = "stopped" if doc.get("running") is False else "not seen"
         reasons.append(f"{what} for {_ago(now - written)} (last status {doc.get('written_at')})")
     counts = _obj(doc.get("counts"))
-    failed = _num(counts.get("failed")) or 0
-    rejected = _num(counts.get("rejected")) or 0
+    failed = finite(counts.get("failed")) or 0
+    rejected = finite(counts.get("rejected")) or 0
     last_error = _obj(doc.get("last_error"))
     if failed:
         reasons.append(f"{int(failed)} session(s) failing" + _error_hint(last_error))
     if rejected:
         reasons.append(f"{int(rejected)} session(s) rejected (see `ursa-daemon status` on the rig)")
     oldest = _obj(doc.get("oldest_pending"))
-    age = _num(oldest.get("age_s"))
+    age = finite(oldest.get("age_s"))
     if age is not None and written is not None:
         age += max(0.0, now - written)  # the document's age adds to the session's
     if age is not None and age > max_age_s:

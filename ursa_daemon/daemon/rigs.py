@@ -13,6 +13,7 @@ query, or a path outside the recordings root.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import socket
@@ -172,6 +173,7 @@ def _completed_at(rec_dir: Path) -> float | None:
         return None
 
 
+@functools.cache  # the installed distribution's metadata, parsed once per process
 def package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

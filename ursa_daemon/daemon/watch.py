@@ -1,10 +1,14 @@
-"""``ursa-daemon run``: the inotify watcher, the scheduler and the main loop.
+"""``ursa-daemon run``: the inotify watcher, the periodic jobs and the main loop.
 
-- A watchdog observer on ``recordings_root`` notes every change under a
-  ``rec_*`` directory; a write inside a session without a manifest is rig
+- A watchdog observer on ``recordings_root`` notes the ``rec_*`` entries that appear,
+  move or go, and every change inside the sessions the rig may still write (no manifest
+  yet, see ``daemon/rescan.py``); a write inside a session without a manifest is rig
   activity (the rig is recording) and pauses uploads.
-- A full scan at start-up and every ``watch.rescan_seconds`` is the safety net
-  for missed events; failed sessions come back when their backoff expires.
+- A scan of the root at start-up and every ``watch.rescan_seconds`` is the safety net
+  for missed events: sessions not done yet become candidates, and the done ones
+  (registered, rejected) are compared with their stored signature a few per tick
+  (``DeepCheck``), so neither costs more with the rig's history; failed sessions come
+  back when their backoff expires.
 - One worker processes one session at a time; the rig's activity, an upload
   window, or SIGTERM stop its streams before their next chunk.
 - A sweep (soon after start, then every ``SWEEP_S``) aborts the multipart
@@ -19,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,13 +45,14 @@ from watchdog.observers import Observer
 from ursa_daemon.daemon.activity import SOURCES, build_activity
 from ursa_daemon.daemon.metrics import METRICS
 from ursa_daemon.daemon.metrics import serve as serve_metrics
+from ursa_daemon.daemon.rescan import DEEP_FIRST_S, DeepCheck, LiveWatches
 from ursa_daemon.daemon.rigs import RigReporter
 from ursa_daemon.daemon.state_schema import SessionRecord, SessionState
 from ursa_daemon.daemon.systemd import install_stop_handlers, sd_notify
 from ursa_daemon.daemon.worker import report_unexpected
 from ursa_daemon.errors import UrsaError
 from ursa_daemon.log import get_logger
-from ursa_daemon.session import has_manifest, scan_root, session_of, tree_signature
+from ursa_daemon.session import REC_ID_RE, has_manifest, session_names, session_of, tree_signature
 from ursa_daemon.transfer.abort import abort_uploads
 from ursa_daemon.transfer.local_copy import sweep_partials
 
@@ -103,6 +109,12 @@ class Runner:
         self.lock = threading.Lock()
         self.rescan_due = threading.Event()
         self.rescan_due.set()
+        #: the done sessions still to compare in this cycle; the sessions watched recursively
+        self.deep = DeepCheck()
+        #: where the sessions are (the root's parent when the root is itself one)
+        self._sessions_dir = self.root.parent if self._root_is_session() else self.root
+        self.deep.not_before = time.monotonic() + min(DEEP_FIRST_S, self.config.watch.rescan_seconds)
+        self.live: LiveWatches | None = None
         self.active_reported = False
         #: set by :meth:`run` when it returned to be re-executed (see ``shed``), with the
         #: environment that hands ``/metrics`` (its socket, its counters) to the next image
@@ -127,6 +139,8 @@ class Runner:
             self.daemon.note_discovered(rec_dir)
         if not has_manifest(rec_dir):
             self.activity.touch()  # the rig is writing a session that is not complete
+            if self.live is not None:
+                self.live.add(rec_dir)  # and its next writes are seen too
 
     # -- loop -------------------------------------------------------------
 
@@ -143,21 +157,24 @@ class Runner:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         self.root.mkdir(parents=True, exist_ok=True)
         observer = Observer()
-        observer.schedule(_Events(self), str(self.root), recursive=True)
+        handler = _Events(self)
+        # the root's own entries; a session is watched inside only while the rig may write it
+        observer.schedule(handler, str(self.root), recursive=self._root_is_session())
         observer.start()
-        scheduler = BackgroundScheduler(daemon=True)
-        scheduler.add_job(self.rescan_due.set, "interval", seconds=self.config.watch.rescan_seconds, id="rescan")
-        scheduler.add_job(self._heartbeat, "interval", seconds=HEARTBEAT_S, id="heartbeat")
-        scheduler.add_job(
-            self._queue_due_retries, "interval", seconds=self.config.watch.retry_check_seconds, id="retries"
+        self.live = LiveWatches(observer, handler)
+        # apscheduler runs each job in its executor's pool (a slow sweep delays no heartbeat) with
+        # max_instances=1 (a job never overlaps itself) and coalesce (missed runs are not made up)
+        scheduler = BackgroundScheduler(daemon=True, job_defaults={"coalesce": True, "max_instances": 1})
+        jobs = (
+            ("rescan", self.config.watch.rescan_seconds, self.rescan_due.set, None),
+            ("heartbeat", HEARTBEAT_S, self._heartbeat, None),
+            ("retries", self.config.watch.retry_check_seconds, self._queue_due_retries, None),
+            ("sweep_uploads", SWEEP_S, self.sweep_uploads, datetime.now() + timedelta(seconds=SWEEP_FIRST_S)),
         )
-        scheduler.add_job(
-            self.sweep_uploads,
-            "interval",
-            seconds=SWEEP_S,
-            id="sweep_uploads",
-            next_run_time=datetime.now() + timedelta(seconds=SWEEP_FIRST_S),
-        )
+        for name, seconds, job, first in jobs:
+            # (next_run_time=None would add the job paused: pass it only when it is a time)
+            when = {"next_run_time": first} if first is not None else {}
+            scheduler.add_job(_guarded(job, name), "interval", seconds=seconds, id=name, **when)
         scheduler.start()
         metrics_server = serve_metrics(
             self.config, self.daemon.state, pending_dirs=self._queued_dirs, paused=self.daemon.pause_reason
@@ -288,12 +305,16 @@ class Runner:
 
     def _sweep_partials(self, stale_after_s: float) -> None:
         state = self.daemon.state
-        finished = {r.rec_id for st in (SessionState.REGISTERED, SessionState.REJECTED) for r in state.sessions(st)}
+
+        def finished(rec_id: str) -> bool:  # asked for the few sessions with partials, not the history
+            rec = state.session(rec_id)
+            return rec is not None and rec.state in (SessionState.REGISTERED, SessionState.REJECTED)
+
         try:
             swept = sweep_partials(
                 self.daemon.data.store("raw_rw"),
                 untouched_since=time.time() - stale_after_s,
-                finished=finished.__contains__,
+                finished=finished,
             )
         except (UrsaError, OSError) as exc:  # a sweep that fails stops nothing: next time
             log.warning("upload.sweep_failed", error=str(exc))
@@ -330,6 +351,7 @@ class Runner:
         if self.rescan_due.is_set():
             self.rescan_due.clear()
             self._full_scan()
+        self.deep.step(self._deep_check)
         settle = self.config.watch.settle_seconds
         now = time.time()
         with self.lock:
@@ -340,6 +362,7 @@ class Runner:
             if not rec_dir.is_dir() and not rec_dir.is_symlink():  # a link is reported, not dropped
                 with self.lock:
                     self.last_change.pop(rec_dir, None)
+                self._unwatch(rec_dir)
                 continue
             if not has_manifest(rec_dir):
                 continue
@@ -353,7 +376,16 @@ class Runner:
             with self.lock:
                 if self.last_change.get(rec_dir) == changed_at:
                     del self.last_change[rec_dir]
+                    dropped = True
+                else:
+                    dropped = False
+            if dropped:
+                self._unwatch(rec_dir)
         return None
+
+    def _unwatch(self, rec_dir: Path) -> None:
+        if self.live is not None:
+            self.live.discard(rec_dir)
 
     def _needs_work(self, rec_dir: Path, now: float) -> bool:
         rec = self.daemon.state.session(rec_dir.name)
@@ -365,30 +397,78 @@ class Runner:
         return not _backing_off(rec, now)
 
     def _full_scan(self) -> None:
-        """Every session under the root becomes a candidate (settle still applies)."""
+        """Every session under the root not done yet becomes a candidate (settle still applies);
+        the done ones (registered, rejected) go to the :class:`DeepCheck`, not read here: one
+        ``scandir`` of the root and one query, whatever the history."""
         now = time.time()
-        found = 0
-        for sd in scan_root(self.root):
-            found += 1
-            rec = self.daemon.state.session(sd.rec_id)
-            if rec is None:
-                self.daemon.note_discovered(sd.path)
-            if rec is not None and rec.signature == sd.signature and rec.state in (
-                SessionState.REGISTERED,
-                SessionState.REJECTED,
-            ):
+        done = self.daemon.state.states_of((SessionState.REGISTERED, SessionState.REJECTED))
+        rejected: list[str] = []
+        registered: list[str] = []
+        unwritten: list[Path] = []  # no manifest: the rig may be writing them
+        names = [self.root.name] if self._root_is_session() else session_names(self.root)
+        for name in names:
+            st = done.get(name)
+            if st is not None:
+                (rejected if st is SessionState.REJECTED else registered).append(name)
                 continue
-            if rec is not None and _backing_off(rec, now):
+            path = self._sessions_dir / name
+            rec = self.daemon.state.session(name)
+            if rec is None:
+                self.daemon.note_discovered(path)
+            elif rec.state in (SessionState.REGISTERED, SessionState.REJECTED) or _backing_off(rec, now):
+                continue  # done since the query, or waiting for its retry
+            try:
+                newest, _ = tree_signature(path)
+            except FileNotFoundError:
                 continue
             with self.lock:
-                self.last_change[sd.path] = min(self.last_change.get(sd.path, sd.last_change), sd.last_change)
-        log.debug("daemon.rescan", sessions=found)
+                self.last_change[path] = min(self.last_change.get(path, newest), newest)
+            if not has_manifest(path):
+                unwritten.append(path)
+        for path in reversed(unwritten):  # the newest first: when too many, the oldest are not watched
+            if self.live is not None:
+                self.live.add(path)
+        self.deep.refill(rejected, registered)
+        log.debug("daemon.rescan", sessions=len(names))
+
+    def _root_is_session(self) -> bool:
+        """``recordings_root`` is itself one ``rec_*`` session (then that one is the only one)."""
+        return bool(REC_ID_RE.match(self.root.name)) and self.root.is_dir()
+
+    def _deep_check(self, rec_id: str) -> None:
+        """A done session whose files are no longer those it was done with becomes a candidate
+        (``_needs_work`` compares again once it settled)."""
+        rec_dir = self._sessions_dir / rec_id
+        rec = self.daemon.state.session(rec_id)
+        if rec is None or rec.state not in (SessionState.REGISTERED, SessionState.REJECTED):
+            return  # forgotten, or back in work: the rescans see it as any other
+        try:
+            newest, sig = tree_signature(rec_dir)
+        except FileNotFoundError:
+            return  # gone: nothing to do
+        if sig != rec.signature:
+            with self.lock:
+                self.last_change[rec_dir] = min(self.last_change.get(rec_dir, newest), newest)
 
 
 def _rss_mib() -> float:
     import psutil
 
     return round(float(psutil.Process().memory_info().rss) / 2**20, 1)
+
+
+def _guarded(job: Callable[[], object], name: str) -> Callable[[], None]:
+    """``job`` for the scheduler: an exception it raises is logged (``daemon.job_failed``; ERROR with
+    the traceback when it is a bug) and the job runs again at its next time."""
+
+    def run() -> None:
+        try:
+            job()
+        except Exception as exc:
+            if not report_unexpected(exc, "daemon.job_failed", job=name):
+                log.warning("daemon.job_failed", job=name, error=f"{type(exc).__name__}: {exc}")
+
+    return run
 
 
 def _backing_off(rec: SessionRecord, now: float) -> bool:

@@ -264,6 +264,8 @@ class Worker:
         rec_id = outcome.rec_id
         self.state.set_state(rec_id, SessionState.REGISTERED, recording_hash=recording.recording_hash)
         row = self.state.session(rec_id)
+        elapsed = round(time.monotonic() - outcome.started, 3)
+        done = METRICS.outcome(outcome)  # counted before it is said: a scrape after the line sees it
         log.info(
             "session.done",
             rec_id=rec_id,
@@ -271,9 +273,9 @@ class Worker:
             bytes_done=row.bytes_done if row is not None else None,
             bytes_total=row.bytes_total if row is not None else None,
             bytes_uploaded=outcome.bytes_uploaded,
-            elapsed_s=round(time.monotonic() - outcome.started, 3),
+            elapsed_s=elapsed,
         )
-        return METRICS.outcome(outcome)
+        return done
 
     def register_pending(self, waiting: list[Outcome]) -> list[Outcome]:
         """Register sessions left ``registering`` by ``process(defer_register=True)``,

@@ -42,6 +42,7 @@ from ursa_daemon.session.walk import (
     in_shard,
     parse_shard,
     scan_root,
+    session_names,
     session_of,
     tree_signature,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "recording_hash",
     "rel_key",
     "scan_root",
+    "session_names",
     "session_of",
     "split_worker",
     "tree_signature",
