@@ -28,7 +28,10 @@ __all__ = [
     "age",
     "cli",
     "make_config",
+    "parse_metrics",
     "random_session",
+    "scrape_metrics",
+    "write_files",
     "write_session",
 ]
 
@@ -55,10 +58,8 @@ def make_config(tmp: Path, endpoint: str, raw: str, assets: str, *, name: str = 
     return path
 
 
-def write_session(root: Path, rec_id: str, files: dict[str, bytes], *, participant: str | None = None,
-                  manifest: dict[str, Any] | None = None) -> Path:
-    """A finished rig session: data files, then ``manifest.json`` (written last, as the rig does)."""
-    rec = root / rec_id
+def write_files(rec: Path, files: dict[str, bytes], participant: str | None = None) -> None:
+    """A session's data files (and ``participant.txt``), without its manifest."""
     rec.mkdir(parents=True, exist_ok=True)
     for rel, body in files.items():
         p = rec / rel
@@ -66,6 +67,31 @@ def write_session(root: Path, rec_id: str, files: dict[str, bytes], *, participa
         p.write_bytes(body)
     if participant is not None:
         (rec / "participant.txt").write_text(participant + "\n")
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text exposition → ``{'name{labels}': value}`` (comments skipped)."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def scrape_metrics(url: str, timeout: float = 10.0) -> dict[str, float]:
+    """GET ``url`` (a ``/metrics`` endpoint) and parse it; connection errors raise."""
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return parse_metrics(resp.read().decode())
+
+
+def write_session(root: Path, rec_id: str, files: dict[str, bytes], *, participant: str | None = None,
+                  manifest: dict[str, Any] | None = None) -> Path:
+    """A finished rig session: data files, then ``manifest.json`` (written last, as the rig does)."""
+    rec = root / rec_id
+    write_files(rec, files, participant)
     doc = manifest if manifest is not None else {"recording_id": rec_id, "start_time": 1_700_000_000_000_000_000,
                                                  "duration_s": 60.0}
     (rec / "manifest.json").write_text(json.dumps(doc))

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import MOTO_KEY_ID, MOTO_SECRET, _free_port, local_config_dict, s3_config_dict
+from harness import scrape_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALL = REPO / "deploy" / "install.sh"
@@ -392,16 +393,9 @@ def test_check_config_local_missing_env_and_config_error(tmp_path: Path) -> None
 
 def scrape(url: str) -> dict[str, float] | None:
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            text = resp.read().decode()
+        return scrape_metrics(url, timeout=2)
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 def test_metrics_endpoint_moves_during_a_drain(tmp_path: Path) -> None:

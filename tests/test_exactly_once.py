@@ -87,6 +87,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import seaweed_config_dict
+from harness import write_files
 from invariants import check_invariants
 
 ROUNDS = int(os.environ.get("URSA_STRESS_ROUNDS", "3"))
@@ -186,15 +187,6 @@ class Expected:
         return out
 
 
-def _write(rec: Path, files: dict[str, bytes], participant: str | None) -> None:
-    for rel, body in files.items():
-        p = rec / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(body)
-    if participant is not None:
-        (rec / "participant.txt").write_text(participant + "\n")
-
-
 def make_sessions(rng: random.Random, base: Path) -> tuple[list[Expected], Expected]:
     """Single-node sessions under ``base/shared``; the dual-node halves under ``base/node-a``, ``base/node-b``."""
     shared = base / "shared"
@@ -213,7 +205,7 @@ def make_sessions(rng: random.Random, base: Path) -> tuple[list[Expected], Expec
             files[f"{workers[0]}/big.bin"] = rng.randbytes(2 * PART_SIZE + rng.randint(1 << 20, 2 << 20))
         participant = PARTICIPANTS[n % len(PARTICIPANTS)] if n % 4 != 3 else None
         rec = shared / rec_id
-        _write(rec, files, participant)
+        write_files(rec, files, participant)
         (rec / "manifest.json").write_text(json.dumps({
             "recording_id": rec_id, "start_time": 1_700_000_000_000_000_000 + n, "duration_s": 60.0,
             "device_info": {"rig": "stress"}, "workers": {w: {"sampling_rate": 500.0} for w in workers},
@@ -228,7 +220,7 @@ def make_sessions(rng: random.Random, base: Path) -> tuple[list[Expected], Expec
     }
     for host, files in halves.items():
         rec = base / host / rec_id
-        _write(rec, files, "Bo Chen")
+        write_files(rec, files, "Bo Chen")
         (rec / "_node_manifests").mkdir(parents=True)
         (rec / "_node_manifests" / f"{host}.json").write_text(json.dumps({
             "recording_id": rec_id, "start_time": "2026-05-20T19:56:28.120+00:00", "duration_s": 30,
@@ -244,7 +236,7 @@ def make_history(rng: random.Random, base: Path) -> Expected:
     rec_id = f"rec_20250101_000000_{rng.getrandbits(32):08x}"
     files = {"eeg_0/seg_000001.bin": rng.randbytes(2000), "mic/take.wav": rng.randbytes(500)}
     rec = base / "history" / rec_id
-    _write(rec, files, "Zed Old")
+    write_files(rec, files, "Zed Old")
     (rec / "manifest.json").write_text(json.dumps({"recording_id": rec_id, "start_time": 1_600_000_000_000_000_000,
                                                    "duration_s": 5.0}))
     _age(rec)

@@ -12,14 +12,13 @@ import os
 import socket
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import MOTO_SECRET, local_config_dict, seaweed_config_dict
-from harness import DaemonProc, cli, write_session
+from conftest import MOTO_SECRET, _free_port, local_config_dict, seaweed_config_dict
+from harness import DaemonProc, cli, parse_metrics, scrape_metrics, write_session
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -124,7 +123,7 @@ def test_run_keeps_its_document_and_metrics_and_a_stop_says_so(tmp_path: Path) -
         (rig,) = out["rigs"]
         assert rig["rig_id"] == rig_id and rig["running"] is True and rig["command"] == "run"
         assert rig["stale"] is False
-        scraped = _scrape(f"http://127.0.0.1:{port}/metrics")
+        scraped = scrape_metrics(f"http://127.0.0.1:{port}/metrics")
         info = f'ursa_rig_info{{host="{socket.gethostname()}",rig_id="{rig_id}",version="{rig["version"]}"}}'
         assert scraped[info] == 1
         assert scraped["ursa_recordings_root_free_bytes"] > 0
@@ -138,7 +137,7 @@ def test_run_keeps_its_document_and_metrics_and_a_stop_says_so(tmp_path: Path) -
         while not prom.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         first = prom.stat().st_mtime_ns
-        text_metrics = _parse(prom.read_text())
+        text_metrics = parse_metrics(prom.read_text())
         assert text_metrics.keys() >= {k for k in scraped if k.startswith(("ursa_sessions{", "ursa_rig_info"))}
         deadline = time.monotonic() + 10
         while prom.stat().st_mtime_ns == first and time.monotonic() < deadline:
@@ -305,7 +304,7 @@ def test_a_bug_in_a_session_is_an_error_with_its_traceback_and_a_metric(tmp_path
         assert daemon.wait_event(lambda e: e.get("event") == "session.failed", 30)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            got = _scrape(f"http://127.0.0.1:{port}/metrics")
+            got = scrape_metrics(f"http://127.0.0.1:{port}/metrics")
             if got.get("ursa_internal_errors_total", 0) >= 1:
                 break
             time.sleep(0.2)
@@ -337,7 +336,7 @@ def test_an_allowed_remote_bind_is_scraped_on_the_lab_network(tmp_path: Path) ->
     daemon = DaemonProc(_config(tmp_path, doc), "run")
     try:
         assert daemon.wait_event(lambda e: e.get("event") == "metrics.serving", 30), daemon.text()
-        assert "ursa_rig_info" in "".join(_scrape(f"http://{lan}:{port}/metrics"))
+        assert "ursa_rig_info" in "".join(scrape_metrics(f"http://{lan}:{port}/metrics"))
     finally:
         daemon.stop()
 
@@ -373,12 +372,6 @@ def test_the_secret_of_a_role_never_reaches_a_rig_document(tmp_path: Path) -> No
 # -- helpers -----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _non_loopback_address() -> str | None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
@@ -387,20 +380,6 @@ def _non_loopback_address() -> str | None:
         except OSError:
             return None
     return None if addr.startswith("127.") else addr
-
-
-def _parse(text: str) -> dict[str, float]:
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
-def _scrape(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return _parse(resp.read().decode())
 
 
 def test_the_demo_shows_the_fleet_on_the_local_profile(tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import struct
 import tempfile
 import threading
@@ -30,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import _free_port, local_config_dict, s3_config_dict
-from harness import DaemonProc, age, cli, write_session
+from harness import DaemonProc, age, cli, scrape_metrics, write_session
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -272,14 +271,7 @@ def _bytes_done_across_a_pause(tmp: Path, backend: Any, small: list[int], big: i
 
 
 def scrape(url: str, timeout: float = 10.0) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        text = resp.read().decode()
-    out = {}
-    for line in text.splitlines():
-        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$", line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
-    return out
+    return scrape_metrics(url, timeout)
 
 
 def at(event: dict[str, Any]) -> float:
